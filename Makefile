@@ -1,0 +1,55 @@
+# ektp-agent: `make run` (the demo) and `make test` (the whole suite) set up everything
+# they need on a fresh Debian / Raspberry Pi OS machine: a virtualenv in .venv with the
+# package and its dev tools, and Mosquitto from Debian's packages when it is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all setup mosquitto run test lint typecheck pytest bench clean
+
+all: test
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install python3 (>= 3.11) and python3-venv"; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "error: cannot create $(VENV); on Debian run: $(SUDO) apt-get install python3-venv"; exit 2; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Mosquitto is a system package (Debian's), not a Python one: the tests and the demo
+# start their own brokers from its binary on free loopback ports.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
+	  echo "installing mosquitto from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	else \
+	  echo "error: mosquitto is not installed and this user cannot install it."; \
+	  echo "       run: sudo apt-get install mosquitto mosquitto-clients   (then make again)"; exit 2; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy agent drivers
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: setup lint typecheck pytest
+
+run: setup
+	$(PY) -m agent.demo
+
+bench: setup
+	$(PY) bench/store_commit.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The reference central consumer: ingests enrollments, acknowledges, keeps the fleet table."""

@@ -1,0 +1,1 @@
+"""Byte-level simulators of the recorder kit's peripherals, with fault injection."""
