@@ -1,0 +1,5 @@
+"""`python -m agent` is `ektp-agent`."""
+
+from agent.cli import main
+
+main(prog_name="ektp-agent")

@@ -1,0 +1,182 @@
+"""`ektp-agent`: the service and the operator's and field technician's command line.
+
+Exit codes (CONTRACT.md): 0 all well; 1 a problem was found (the output says which and
+what to do); 2 usage or config error; 3 the service is not running and the command needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from agent import __version__
+from agent.config import AgentConfig, ConfigError, as_dict, config_path, load_config
+from agent.keys import (
+    KeyFileError,
+    create_kiosk_key,
+    key_fingerprint,
+    load_kiosk_private,
+    public_path,
+    raw_public,
+)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class Context:
+    """What every subcommand gets: the config, loaded once on first use."""
+
+    def __init__(self, config_arg: str | None) -> None:
+        self.path, self.explicit = config_path(config_arg)
+        self._config: AgentConfig | None = None
+
+    @property
+    def config(self) -> AgentConfig:
+        if self._config is None:
+            try:
+                self._config = load_config(self.path, required=self.explicit)
+            except ConfigError as exc:
+                fail(str(exc), EXIT_USAGE)
+        return self._config
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"ektp-agent: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=None, sort_keys=False))
+
+
+pass_ctx: Callable[..., Any] = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_arg",
+    metavar="PATH",
+    envvar="EKTP_CONFIG",
+    help="Config file (TOML). Default /etc/ektp-agent/config.toml, or $EKTP_CONFIG.",
+)
+@click.version_option(__version__, prog_name="ektp-agent")
+@click.pass_context
+def main(ctx: click.Context, config_arg: str | None) -> None:
+    """Edge agent of the e-KTP recorder kit: records enrollments offline, syncs them and
+    reports kit health over MQTT.
+
+    \b
+    Examples:
+      ektp-agent --config /etc/ektp-agent/config.toml config check
+      ektp-agent keys init
+    """
+    ctx.obj = Context(config_arg)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check the configuration."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the effective config as one JSON document.")
+@pass_ctx
+def config_check(ctx: Context, as_json: bool) -> None:
+    """Validate the config file; exit 2 naming the key and the reason on error.
+
+    \b
+    Example:
+      ektp-agent --config ./agent.toml config check
+    """
+    config = ctx.config
+    if as_json:
+        emit_json({"ok": True, "path": str(ctx.path) if config.source else None, "config": as_dict(config)})
+        return
+    if config.source is None:
+        click.echo(
+            f"no config file at {ctx.path}: using the built-in defaults (kiosk id {config.kiosk.id!r})"
+        )
+    else:
+        click.echo(
+            f"config OK: {config.source} (kiosk {config.kiosk.id}, broker {config.mqtt.host}:{config.mqtt.port})"
+        )
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Create or show the kiosk's signing key pair."""
+
+
+@keys_group.command("init")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing key pair (the centre must then re-register it)."
+)
+@pass_ctx
+def keys_init(ctx: Context, force: bool) -> None:
+    """Create the kiosk's Ed25519 signing key pair (private file mode 0600).
+
+    Prints the public key file's path as the last line: register it at the centre with
+    `ektp-central kiosk add KIOSK_ID --public-key FILE`.
+
+    \b
+    Example:
+      ektp-agent keys init
+    """
+    path = ctx.config.kiosk_private_key
+    try:
+        key = create_kiosk_key(path, force=force)
+    except KeyFileError as exc:
+        fail(str(exc), EXIT_USAGE if isinstance(exc, FileExistsError) else EXIT_PROBLEM)
+    except OSError as exc:
+        fail(f"cannot write the key pair at {path}: {exc.strerror}", EXIT_PROBLEM)
+    click.echo(f"kiosk {ctx.config.kiosk.id}: key {key_fingerprint(raw_public(key.public_key()))}")
+    click.echo(f"private key: {path}")
+    click.echo(str(public_path(path)))
+
+
+@keys_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def keys_show(ctx: Context, as_json: bool) -> None:
+    """Show the kiosk's public key (PEM) and its fingerprint, for registration at the centre.
+
+    \b
+    Example:
+      ektp-agent keys show
+    """
+    path = ctx.config.kiosk_private_key
+    try:
+        key = load_kiosk_private(path)
+    except KeyFileError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    pub_file = public_path(path)
+    pem = pub_file.read_text() if pub_file.exists() else ""
+    fingerprint = key_fingerprint(raw_public(key.public_key()))
+    if as_json:
+        emit_json(
+            {
+                "kiosk_id": ctx.config.kiosk.id,
+                "private_key_file": str(path),
+                "public_key_file": str(pub_file),
+                "fingerprint": fingerprint,
+                "public_key_pem": pem,
+            }
+        )
+        return
+    click.echo(f"kiosk {ctx.config.kiosk.id}: key {fingerprint}")
+    click.echo(pem.rstrip())
+    click.echo(str(pub_file))
+
+
+__all__ = ["EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "Context", "main"]

@@ -1,0 +1,113 @@
+"""The central consumer's TOML configuration: [mqtt], [store], [keys]."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import TOPIC_PREFIX_RE, ConfigError
+
+DEFAULT_CENTRAL_CONFIG = Path("/etc/ektp-central/config.toml")
+DEFAULT_STORE_URL = "/var/lib/ektp-central/central.db"
+DEFAULT_PRIVATE_KEY = Path("/var/lib/ektp-central/central.key")
+
+
+@dataclass(frozen=True, slots=True)
+class CentralMqtt:
+    host: str = "localhost"
+    port: int = 1883
+    topic_prefix: str = "ektp/v1"
+    client_id: str = field(default_factory=lambda: f"ektp-central-{os.getpid()}")
+    share_group: str = "ektp-central"
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CentralConfig:
+    mqtt: CentralMqtt = field(default_factory=CentralMqtt)
+    store_url: str = DEFAULT_STORE_URL
+    central_private_key: Path = DEFAULT_PRIVATE_KEY
+    quarantine_dir: Path | None = None  # default: beside the SQLite store, or ./quarantine
+    source: Path | None = None
+
+
+_KEYS: dict[str, dict[str, type]] = {
+    "mqtt": {
+        "host": str,
+        "port": int,
+        "topic_prefix": str,
+        "client_id": str,
+        "share_group": str,
+        "tls": bool,
+        "ca_file": Path,
+        "cert_file": Path,
+        "key_file": Path,
+        "username": str,
+        "password_file": Path,
+    },
+    "store": {"url": str, "quarantine_dir": Path},
+    "keys": {"central_private_key": Path},
+}
+
+
+def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
+    """:raises ConfigError: naming the key, the value and what is expected"""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(
+                "(file)", str(path), "an existing TOML file (pass --config PATH)", path=path
+            ) from None
+        return CentralConfig()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(syntax)", str(exc), "valid TOML", path=path) from exc
+    base = path.parent
+    values: dict[str, dict[str, Any]] = {}
+    for section, table in doc.items():
+        if section not in _KEYS or not isinstance(table, dict):
+            raise ConfigError(section, table, f"a table, one of [{'], ['.join(_KEYS)}]", path=path)
+        for key, raw in table.items():
+            kind = _KEYS[section].get(key)
+            if kind is None:
+                raise ConfigError(
+                    f"{section}.{key}", raw, f"a known key: {', '.join(_KEYS[section])}", path=path
+                )
+            if kind is Path:
+                if not isinstance(raw, str) or not raw:
+                    raise ConfigError(f"{section}.{key}", raw, "a path string", path=path)
+                p = Path(raw).expanduser()
+                raw = p if p.is_absolute() else base / p
+            elif kind is int and (not isinstance(raw, int) or isinstance(raw, bool)):
+                raise ConfigError(f"{section}.{key}", raw, "a whole number", path=path)
+            elif kind is not int and not isinstance(raw, kind):
+                raise ConfigError(f"{section}.{key}", raw, f"a {kind.__name__}", path=path)
+            values.setdefault(section, {})[key] = raw
+    mqtt = values.get("mqtt", {})
+    if "port" in mqtt and not 1 <= mqtt["port"] <= 65535:
+        raise ConfigError("mqtt.port", mqtt["port"], "a TCP port, 1-65535", path=path)
+    if "topic_prefix" in mqtt and not TOPIC_PREFIX_RE.fullmatch(mqtt["topic_prefix"]):
+        raise ConfigError(
+            "mqtt.topic_prefix", mqtt["topic_prefix"], "a topic prefix without wildcards", path=path
+        )
+    store = values.get("store", {})
+    url = store.get("url", DEFAULT_STORE_URL)
+    if not url.startswith(("postgresql://", "postgres://")) and not Path(url).is_absolute():
+        url = str(base / url)
+    return CentralConfig(
+        mqtt=CentralMqtt(**mqtt),
+        store_url=url,
+        central_private_key=values.get("keys", {}).get(
+            "central_private_key", CentralConfig.central_private_key
+        ),
+        quarantine_dir=store.get("quarantine_dir"),
+        source=path,
+    )
