@@ -3,6 +3,7 @@ open file descriptors (ptys, sockets) behind."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -44,8 +45,11 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while True:
+        gc.collect()  # a dropped paho client closes its wake-up socket pair only when collected
         threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-        fds = {fd for fd in _fds() - fds_before if not _fd_target(fd).startswith(("/dev/urandom", "anon_inode"))}
+        fds = {
+            fd for fd in _fds() - fds_before if not _fd_target(fd).startswith(("/dev/urandom", "anon_inode"))
+        }
         children = _children() - children_before
         if not (threads or fds or children) or time.monotonic() > deadline:
             break

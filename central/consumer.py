@@ -1,0 +1,224 @@
+"""The centre's MQTT side: consume enrollments, store them, acknowledge them; track the fleet.
+
+Enrollments arrive on a shared subscription (``$share/{group}/{prefix}/+/enrollment``) so
+that several consumers split the load. paho's network thread only queues messages; one
+worker thread owns the store and handles them in batches: verify, store the whole batch
+in one transaction (group commit), publish one signed ack per kiosk, and only then PUBACK
+each message (``manual_ack``), so a crash before the commit makes the broker or the kiosk
+send the packet again. Status and health use plain subscriptions (MQTT 5 sends no
+retained messages to shared subscriptions, and every consumer should see the fleet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.ack import AckResult, AckStatus, sign_ack
+from agent.keys import CentralPrivateKeys
+from agent.packet import PacketError, read_header
+from central.config import CentralConfig
+from central.ingest import Ingestor
+from central.store import CentralStore
+
+log = logging.getLogger("ektp.central")
+
+BATCH_MAX = 64  # messages handled in one store transaction
+BATCH_LINGER_S = 0.01  # wait this long for more messages to join a batch
+MAX_JSON = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    client: mqtt.Client
+
+
+class CentralConsumer:
+    """Runs until ``stop()``; the store is opened and used only on the worker (calling) thread."""
+
+    def __init__(
+        self, config: CentralConfig, keys: CentralPrivateKeys, open_store: Callable[[], CentralStore]
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.open_store = open_store
+        self.prefix = config.mqtt.topic_prefix
+        self._incoming: queue.Queue[_Incoming] = queue.Queue()
+        self._stop = threading.Event()
+        self.counts: dict[str, int] = defaultdict(int)
+        self.connected = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        store = self.open_store()
+        client = self._client()
+        try:
+            m = self.config.mqtt
+            client.connect_async(m.host, m.port, keepalive=30, clean_start=True)
+            client.loop_start()
+            while not self._stop.is_set():
+                batch = self._take_batch()
+                if batch:
+                    self._handle(store, client, batch)
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            client.loop_stop()
+            store.close()
+
+    # ------------------------------------------------------------------------- MQTT
+
+    def _client(self) -> mqtt.Client:
+        m = self.config.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        client.suppress_exceptions = True
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(0)
+        if m.tls:
+            client.tls_set(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.cert_file) if m.cert_file else None,
+                keyfile=str(m.key_file) if m.key_file else None,
+            )
+        if m.username:
+            client.username_pw_set(
+                m.username, m.password_file.read_text().strip() if m.password_file else None
+            )
+        shared = f"$share/{m.share_group}/{self.prefix}/+/enrollment"
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+            if rc.is_failure:
+                log.warning("broker %s:%d refused the connection: %s", m.host, m.port, rc)
+                return
+            c.subscribe([(shared, 1), (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/health", 1)])
+            log.info("connected to %s:%d; consuming %s", m.host, m.port, shared)
+            self.connected.set()
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+            self.connected.clear()
+            log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)
+
+        def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            self._incoming.put(_Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c))
+
+        client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        return client
+
+    def _take_batch(self) -> list[_Incoming]:
+        try:
+            first = self._incoming.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + BATCH_LINGER_S
+        while len(batch) < BATCH_MAX:
+            try:
+                batch.append(self._incoming.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    # ------------------------------------------------------------------------- handling
+
+    def _kiosk_of(self, topic: str) -> tuple[str, str] | None:
+        parts = topic.split("/")
+        base = self.prefix.split("/")
+        if len(parts) != len(base) + 2 or parts[: len(base)] != base:
+            return None
+        return parts[-2], parts[-1]
+
+    def _handle(self, store: CentralStore, client: mqtt.Client, batch: list[_Incoming]) -> None:
+        enrollments: list[tuple[_Incoming, str]] = []
+        for msg in batch:
+            route = self._kiosk_of(msg.topic)
+            if route is None:
+                self._puback(msg)
+                continue
+            kiosk, kind = route
+            if kind == "enrollment":
+                enrollments.append((msg, kiosk))
+                continue
+            try:
+                self._record(store, kiosk, kind, msg.payload)
+            except Exception:
+                log.exception("recording %s of kiosk %s failed", kind, kiosk)
+            self._puback(msg)
+        if enrollments:
+            self._ingest(store, client, enrollments)
+
+    def _record(self, store: CentralStore, kiosk: str, kind: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            doc = json.loads(payload[:MAX_JSON]) if len(payload) <= MAX_JSON else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            self.counts["bad_" + kind] += 1
+            log.warning("ignored a %s message from kiosk %s that is not a JSON object", kind, kiosk)
+            return
+        if kind == "status":
+            store.record_status(kiosk, doc)
+        elif kind == "health":
+            store.record_health(kiosk, doc)
+
+    def _ingest(self, store: CentralStore, client: mqtt.Client, items: list[tuple[_Incoming, str]]) -> None:
+        acks: dict[str, list[AckResult]] = defaultdict(list)
+        accepted: list[tuple[_Incoming, str]] = []
+        for msg, kiosk in items:
+            claimed = _claimed_kiosk(msg.payload)
+            if claimed is not None and claimed[1] != kiosk:
+                # With per-kiosk ACLs a kiosk can only publish under its own id.
+                reason = f"packet of kiosk {claimed[1]} published under kiosk {kiosk}'s topic"
+                store.quarantine(msg.payload, kiosk_hint=kiosk, reason=reason)
+                acks[kiosk].append(AckResult(claimed[0], AckStatus.REJECTED, reason))
+                self.counts["rejected"] += 1
+            else:
+                accepted.append((msg, kiosk))
+        results = Ingestor(store, self.keys).ingest_many([m.payload for m, _ in accepted], "mqtt")
+        for (_msg, kiosk), result in zip(accepted, results, strict=True):
+            self.counts[result.status] += 1
+            if result.packet_id is not None:
+                acks[kiosk].append(AckResult(result.packet_id, AckStatus(result.status), result.reason))
+            else:
+                log.warning(
+                    "unreadable message on kiosk %s's enrollment topic quarantined: %s", kiosk, result.reason
+                )
+        for kiosk, ack_results in acks.items():
+            payload = sign_ack(kiosk, ack_results, self.keys.signing)
+            client.publish(f"{self.prefix}/{kiosk}/ack", payload, qos=1)
+        for msg, _ in items:  # PUBACK only now: the batch is durable and acknowledged
+            self._puback(msg)
+
+    def _puback(self, msg: _Incoming) -> None:
+        if msg.qos > 0:
+            with contextlib.suppress(Exception):  # the connection may be gone; the kiosk re-sends
+                msg.client.ack(msg.mid, msg.qos)
+
+
+def _claimed_kiosk(payload: bytes) -> tuple[str, str] | None:
+    """(packet id, kiosk id) from the packet's key-less header, None when it cannot be read."""
+    try:
+        header = read_header(payload)
+    except PacketError:
+        return None
+    return header.packet_id, header.kiosk_id

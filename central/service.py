@@ -1,0 +1,34 @@
+"""`ektp-central run`: the consumer as a long-running process with clean signal handling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from agent.keys import load_central_private
+from central.config import CentralConfig
+from central.consumer import CentralConsumer
+from central.store import open_store
+
+log = logging.getLogger("ektp.central")
+
+
+def run_central(config: CentralConfig) -> int:
+    """Consume until SIGTERM or SIGINT; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    keys = load_central_private(config.central_private_key)
+    consumer = CentralConsumer(config, keys, lambda: open_store(config.store_url))
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        consumer.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    consumer.run()
+    log.info("stopped: %s", dict(consumer.counts))
+    return 0

@@ -1,0 +1,191 @@
+"""A kiosk link and a centre, in-process, on a real broker: the parts the link tests combine.
+
+The kiosk side is the real ``Link`` on its own asyncio loop in a thread, over a real
+SQLite outbox; the centre is the real ``CentralConsumer`` in a thread over a real SQLite
+central store. Packets are real sealed packets of one small record (sealed again for
+every seq, so ids, signatures and ciphertexts all differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config import parse_config
+from agent.keys import (
+    CentralPrivateKeys,
+    create_central_keys,
+    create_kiosk_key,
+    load_central_public,
+    public_path,
+)
+from agent.link import Link
+from agent.outbox import Outbox
+from agent.packet import SealedPacket, seal
+from agent.record import EnrollmentRecord
+from central.config import CentralConfig, CentralMqtt
+from central.consumer import CentralConsumer
+from central.store import open_store
+from tests.factories import record_from_resident
+
+_RECORD: EnrollmentRecord | None = None
+
+
+def small_record() -> EnrollmentRecord:
+    global _RECORD
+    if _RECORD is None:
+        from hw_sim.residents import synthetic_resident
+
+        _RECORD = record_from_resident(synthetic_resident(3))
+    return _RECORD
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Keys:
+    def __init__(self, root: Path, kiosk_id: str) -> None:
+        self.central_path = root / "central" / "central.key"
+        self.central: CentralPrivateKeys = create_central_keys(self.central_path)
+        self.kiosk_path = root / "kiosk" / "kiosk.key"
+        self.kiosk = create_kiosk_key(self.kiosk_path)
+        self.kiosk_id = kiosk_id
+
+
+class Centre:
+    """``CentralConsumer`` on a thread, over a SQLite store in ``root``."""
+
+    def __init__(
+        self, root: Path, port: int, keys: Keys, *, client_id: str = "centre-1", prefix: str = "ektp/v1"
+    ) -> None:
+        self.db = root / "central.db"
+        self.config = CentralConfig(
+            mqtt=CentralMqtt(host="127.0.0.1", port=port, topic_prefix=prefix, client_id=client_id),
+            store_url=str(self.db),
+            central_private_key=keys.central_path,
+        )
+        store = open_store(str(self.db))
+        store.add_kiosk(keys.kiosk_id, public_path(keys.kiosk_path).read_bytes(), replace=True)
+        store.close()
+        self.consumer = CentralConsumer(self.config, keys.central, lambda: open_store(str(self.db)))
+        self.thread = threading.Thread(target=self.consumer.run, name=f"centre-{client_id}", daemon=True)
+        self.thread.start()
+        wait_for(self.consumer.connected.is_set, 10, "the centre to connect")
+
+    def packets(self) -> list[dict[str, Any]]:
+        store = open_store(str(self.db))
+        try:
+            return store.packets()
+        finally:
+            store.close()
+
+    def status(self, kiosk: str) -> dict[str, Any] | None:
+        store = open_store(str(self.db))
+        try:
+            return store.status(kiosk)
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "centre did not stop"
+
+
+class Kiosk:
+    """The real ``Link`` over a real outbox, on its own event loop thread."""
+
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        keys: Keys,
+        *,
+        window: int = 8,
+        ack_timeout_s: float = 5.0,
+        health_s: float = 1.0,
+    ) -> None:
+        self.keys = keys
+        self.root = root
+        self.config = parse_config(
+            f'[kiosk]\nid = "{keys.kiosk_id}"\ndata_dir = "{root}"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\nwindow = {window}\n'
+            f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
+            f"[health]\ninterval_s = {health_s}\n"
+        )
+        self.db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self.outbox = self.db.submit(
+            Outbox, root / "outbox.db", max_bytes=self.config.store.max_bytes
+        ).result()
+        self.receipts: list[SealedPacket] = []
+        self.loop = asyncio.new_event_loop()
+        self.link = Link(
+            self.config,
+            self.outbox,
+            load_central_public(public_path(keys.central_path)),
+            db=self.db,
+            health=self._health,
+        )
+        self.thread = threading.Thread(target=self._run, name="kiosk-link", daemon=True)
+        self.thread.start()
+
+    async def _health(self) -> dict[str, Any]:
+        stats = await asyncio.get_running_loop().run_in_executor(self.db, self.outbox.stats)
+        return {
+            "kiosk_id": self.keys.kiosk_id,
+            "queue": {"pending": stats.pending + stats.sent, "pending_bytes": stats.pending_bytes},
+            "link": self.link.stats.to_json(),
+        }
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.link.run())
+
+    def commit(self, n: int) -> list[SealedPacket]:
+        record = small_record()
+
+        def one() -> SealedPacket:
+            made: list[SealedPacket] = []
+
+            def build(seq: int) -> SealedPacket:
+                p = seal(
+                    record,
+                    kiosk_id=self.keys.kiosk_id,
+                    seq=seq,
+                    kiosk_key=self.keys.kiosk,
+                    central_public=self.keys.central.encryption.public_key(),
+                    clock_synced=True,
+                )
+                made.append(p)
+                return p
+
+            self.outbox.commit(build)
+            return made[-1]
+
+        out = [self.db.submit(one).result() for _ in range(n)]
+        self.receipts.extend(out)
+        self.loop.call_soon_threadsafe(self.link.wake)
+        return out
+
+    def stats(self) -> Any:
+        return self.db.submit(self.outbox.stats).result()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.link.stop(), self.loop).result(10)
+            self.thread.join(15)
+        assert not self.thread.is_alive(), "link did not stop"
+        self.loop.close()
+        self.db.submit(self.outbox.close).result()
+        self.db.shutdown()

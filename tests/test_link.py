@@ -1,0 +1,205 @@
+"""The kiosk's link and the centre on a real Mosquitto: exactly once through broker
+restarts, link cuts and stalls, a stopped centre, and hostile acks."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.ack import AckResult, AckStatus, sign_ack
+from tests.linkkit import Centre, Keys, Kiosk, wait_for
+from tests.netkit import Broker, TcpProxy
+
+KIOSK = "320715-01"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path, KIOSK)
+
+
+class Watcher:
+    """An independent MQTT v5 subscriber that records what the broker hands out."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.msgs.append((m.topic, bytes(m.payload), bool(m.retain)))
+
+    def last(self, suffix: str) -> tuple[str, bytes, bool] | None:
+        with self.lock:
+            found = [m for m in self.msgs if m[0].endswith(suffix)]
+        return found[-1] if found else None
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.client.on_message = self.client.on_connect = None
+
+
+def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> None:
+    rows = centre.packets()
+    ids = [r["packet_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a packet is stored twice at the centre"
+    assert set(ids) == {p.packet_id for p in kiosk.receipts}
+    assert sorted(r["seq"] for r in rows) == list(range(1, len(kiosk.receipts) + 1))
+
+
+def all_delivered(centre: Centre, kiosk: Kiosk) -> bool:
+    s = kiosk.stats()
+    return s.delivered == len(kiosk.receipts) and s.pending == 0 and s.sent == 0
+
+
+def test_drain_end_to_end_status_and_health(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    centre = Centre(tmp_path / "c", broker.port, keys)
+    watcher = Watcher(broker.port, "ektp/v1/#")
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys)
+    try:
+        kiosk.commit(25)
+        wait_for(lambda: all_delivered(centre, kiosk), 30, "all 25 packets delivered")
+        assert_exactly_once(centre, kiosk)
+        wait_for(lambda: watcher.last("/health") is not None, 10, "a health message")
+        status = watcher.last(f"{KIOSK}/status")
+        assert status is not None and json.loads(status[1])["state"] == "online"
+        health = json.loads(watcher.last(f"{KIOSK}/health")[1])  # type: ignore[index]
+        assert health["kiosk_id"] == KIOSK and health["link"]["connected"] is True
+        enrollments = [m for m in watcher.msgs if m[0].endswith("/enrollment")]
+        assert len(enrollments) >= 25
+    finally:
+        kiosk.stop()
+        watcher.close()
+        centre.stop()
+    # a clean stop says offline itself (the Will is not sent on a clean disconnect)
+    late = Watcher(broker.port, f"ektp/v1/{KIOSK}/status")
+    try:
+        wait_for(lambda: late.last("/status") is not None, 5, "the retained status")
+        _topic, payload, retained = late.last("/status")  # type: ignore[misc]
+        assert retained and json.loads(payload)["state"] == "offline"
+    finally:
+        late.close()
+
+
+def test_broker_killed_and_restarted_mid_drain(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    centre = Centre(tmp_path / "c", broker.port, keys)
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=3)
+    try:
+        kiosk.commit(150)
+        for round_ in range(3):
+            seen = kiosk.stats().delivered
+            wait_for(lambda: kiosk.link.stats.connection == round_ + 1, 30, f"connection {round_ + 1}")
+            wait_for(lambda: kiosk.stats().delivered > seen, 30, "progress on this connection")
+            broker.kill()
+            kiosk.commit(5)  # enrollments go on while the broker is down
+            broker.start()
+        wait_for(lambda: all_delivered(centre, kiosk), 60, "every packet delivered after the restarts")
+        assert_exactly_once(centre, kiosk)
+        assert kiosk.link.stats.reconnects >= 3
+    finally:
+        kiosk.stop()
+        centre.stop()
+
+
+def test_link_cut_stalled_and_throttled(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    centre = Centre(tmp_path / "c", broker.port, keys)
+    proxy = TcpProxy(broker.port)
+    kiosk = Kiosk(tmp_path / "k", proxy.port, keys, window=4, ack_timeout_s=4)
+    try:
+        kiosk.commit(40)
+        wait_for(lambda: kiosk.stats().delivered >= 3, 30, "first deliveries")
+        proxy.drop()  # a cut
+        proxy.refuse(True)
+        kiosk.commit(5)
+        proxy.refuse(False)
+        wait_for(lambda: kiosk.stats().delivered >= 15, 30, "deliveries after the cut")
+        proxy.stall(True)  # the link hangs without closing: keepalive must notice
+        kiosk.commit(5)
+        wait_for(lambda: not kiosk.link.stats.connected, 20, "the stalled link to be declared dead")
+        proxy.drop()
+        proxy.stall(False)
+        proxy.bytes_per_s = 2_000_000  # throttled
+        wait_for(lambda: all_delivered(centre, kiosk), 60, "every packet delivered")
+        assert_exactly_once(centre, kiosk)
+    finally:
+        kiosk.stop()
+        proxy.close()
+        centre.stop()
+
+
+def test_centre_away_packets_stay_sent_and_are_resent(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=1)
+    centre: Centre | None = None
+    try:
+        kiosk.commit(10)
+        wait_for(lambda: kiosk.stats().sent >= 4, 20, "packets published with nobody storing them")
+        assert kiosk.stats().delivered == 0
+        wait_for(lambda: kiosk.link.stats.republished >= 4, 20, "unacked packets sent again")
+        centre = Centre(tmp_path / "c", broker.port, keys)
+        wait_for(lambda: all_delivered(centre, kiosk), 30, "delivery once the centre is back")  # type: ignore[arg-type]
+        assert_exactly_once(centre, kiosk)
+    finally:
+        kiosk.stop()
+        if centre is not None:
+            centre.stop()
+
+
+def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=8, ack_timeout_s=30)
+    attacker = Watcher(broker.port, "ektp/v1/+/ack")
+    topic = f"ektp/v1/{KIOSK}/ack"
+    try:
+        packets = kiosk.commit(6)
+        wait_for(lambda: kiosk.stats().sent == 6, 20, "all six published (no centre, so none acked)")
+        ids = [p.packet_id for p in packets]
+        results = [AckResult(i, AckStatus.STORED) for i in ids]
+        forged = sign_ack(KIOSK, results, Ed25519PrivateKey.generate())  # not the centre's key
+        other_kiosk = sign_ack("320715-02", results, keys.central.signing)  # the centre's, but not for us
+        garbage = [b"", b"\x00" * 10, b"EKTA" + b"\xff" * 200, json.dumps({"ids": ids}).encode()]
+        truncated = sign_ack(KIOSK, results, keys.central.signing)[:-1]
+        for payload in [forged, other_kiosk, truncated, *garbage]:
+            attacker.publish(topic, payload)
+        wait_for(lambda: sum(kiosk.link.stats.ignored_acks.values()) >= 7, 10, "every bad ack looked at")
+        s = kiosk.stats()
+        assert s.delivered == 0 and s.sent == 6, "a hostile ack deleted something"
+        assert kiosk.thread.is_alive()
+        # a genuine ack for the first two, then the same ack replayed: only those two go
+        genuine = sign_ack(KIOSK, results[:2], keys.central.signing)
+        attacker.publish(topic, genuine)
+        wait_for(lambda: kiosk.stats().delivered == 2, 10, "the genuine ack applied")
+        attacker.publish(topic, genuine)
+        attacker.publish(topic, genuine)
+        wait_for(lambda: kiosk.stats().sent == 4, 5, "the rest still sent")
+        assert kiosk.stats().delivered == 2
+        assert set(kiosk.link.stats.ignored_acks) >= {
+            "bad-signature",
+            "wrong-kiosk",
+            "truncated",
+            "bad-magic",
+        }
+    finally:
+        attacker.close()
+        kiosk.stop()
