@@ -180,3 +180,7 @@ def keys_show(ctx: Context, as_json: bool) -> None:
 
 
 __all__ = ["EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "Context", "main"]
+
+
+# The kiosk commands register themselves on ``main``; imported last, once ``main`` exists.
+from agent import cli_kiosk as _kiosk_commands  # noqa: E402, F401

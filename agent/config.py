@@ -138,7 +138,7 @@ class IrisConfig:
     enabled: bool = True
     vid: int = field(default=0x1209, metadata=_check(lambda v: 0 <= v <= 0xFFFF, "a USB vendor id, 0-0xFFFF"))
     pid: int = field(
-        default=0xE715, metadata=_check(lambda v: 0 <= v <= 0xFFFF, "a USB product id, 0-0xFFFF")
+        default=0x0001, metadata=_check(lambda v: 0 <= v <= 0xFFFF, "a USB product id, 0-0xFFFF")
     )
 
 

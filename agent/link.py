@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -215,7 +216,7 @@ class Link:
     def _new_client(self, connection: int) -> mqtt.Client:
         m = self.config.mqtt
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"ektp-agent-{self.kiosk}",
             protocol=mqtt.MQTTv5,
         )
@@ -261,7 +262,7 @@ class Link:
         connection = self._next_connection_number()
         client = self._new_client(connection)
         m = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
         try:
             await asyncio.to_thread(
@@ -424,7 +425,7 @@ class Link:
     def _publish(
         self, client: mqtt.Client, packet_id: str, seq: int, data: bytes, *, again: bool = False
     ) -> None:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.UserProperty = [("packet-id", packet_id), ("seq", str(seq)), ("kiosk", self.kiosk)]
         info = client.publish(self.topic_enrollment, data, qos=1, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -1,0 +1,339 @@
+"""`ektp-agent run`: the service core that owns the peripherals, the outbox and the link.
+
+One asyncio loop; blocking work on owner threads (one for the outbox, one per device,
+paho's own for MQTT). Start-up order: simulator (with --simulate), keys, outbox (its
+check and recovery), devices, API socket; then READY=1, without waiting for the
+network. SIGTERM or SIGINT: stop taking requests, let the commit in progress finish,
+publish the offline status, close everything, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from agent import __version__
+from agent.api import ApiError, ApiServer
+from agent.capture import Applicant, CaptureError, capture_enrollment
+from agent.clock import clock_synced
+from agent.config import AgentConfig
+from agent.devices import Devices, build_drivers
+from agent.health import HealthReporter
+from agent.keys import load_central_public, load_kiosk_private
+from agent.link import Link
+from agent.nik import InvalidNik
+from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
+from agent.packet import seal
+from agent.record import Demographics, EnrollmentRecord
+from agent.sd_notify import Notifier
+from agent.simulator import Simulator
+
+log = logging.getLogger("ektp.service")
+
+STATUS_EVERY_S = 5.0  # systemd STATUS= refresh
+MONITOR_MIN_S = 0.5
+T = TypeVar("T")
+
+
+def queue_json(stats: OutboxStats) -> dict[str, Any]:
+    return {
+        "pending": stats.pending + stats.sent,
+        "pending_bytes": stats.pending_bytes,
+        "oldest_pending_age_s": stats.oldest_pending_age_s,
+        "unsent": stats.pending,
+        "sent_unacked": stats.sent,
+        "rejected": stats.rejected,
+        "delivered": stats.delivered,
+        "near_full": stats.near_full,
+        "max_bytes": stats.max_bytes,
+    }
+
+
+class Service:
+    def __init__(self, config: AgentConfig, *, simulate: bool, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.simulate = simulate
+        self.notifier = notifier or Notifier()
+        self.started = time.monotonic()
+        self.db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self.stopping = asyncio.Event()
+        self.commit_lock = asyncio.Lock()
+        self.simulator: Simulator | None = None
+        self.outbox: Outbox | None = None
+        self.devices: Devices | None = None
+        self.link: Link | None = None
+        self.api: ApiServer | None = None
+        self.reporter = HealthReporter(
+            kiosk_id=config.kiosk.id,
+            data_dir=config.kiosk.data_dir,
+            devices=self._device_states,
+            started=self.started,
+        )
+
+    # ------------------------------------------------------------------------- life cycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self.notifier.ready(self._summary())
+        log.info("ready: kiosk %s, %s", self.config.kiosk.id, self._summary())
+        tasks = [
+            asyncio.create_task(self.link.run(), name="link"),  # type: ignore[union-attr]
+            asyncio.create_task(self._monitor(), name="monitor"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        await self.stopping.wait()
+        self.notifier.stopping()
+        await self._shutdown(tasks)
+        return 0
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("%s: stopping", signal.Signals(sig).name)
+        self.stopping.set()
+
+    async def _start(self) -> None:
+        c = self.config
+        c.kiosk.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.simulate:
+            self.simulator = Simulator(c.sim_dir)
+            await asyncio.to_thread(self.simulator.attach_or_start)
+        self.kiosk_key = load_kiosk_private(c.kiosk_private_key)
+        central = load_central_public(c.keys.central_public_key)
+        self.outbox = await self._db(lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes))
+        self.devices = Devices(build_drivers(c, simulate=self.simulate), on_change=self._health_changed)
+        await self.devices.self_test_all()
+        self.link = Link(c, self.outbox, central, db=self.db, health=self.health)
+        self.api = ApiServer(c.api_socket, self._handlers(), group=c.api.group)
+        await self.api.start()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]] | None = None) -> None:
+        if self.api is not None:
+            await self.api.close()
+        async with self.commit_lock:  # the commit in progress finishes; no new one starts
+            pass
+        if self.link is not None:
+            await self.link.stop()
+        for task in tasks or []:
+            if task.get_name() == "link":
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                    await asyncio.wait_for(task, 5)
+            task.cancel()
+        for task in tasks or []:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.devices is not None:
+            await asyncio.to_thread(self.devices.close)
+        if self.outbox is not None:
+            await self._db(self.outbox.close)
+        self.db.shutdown(wait=True)
+        if self.simulator is not None:
+            await asyncio.to_thread(self.simulator.stop)
+        self.notifier.close()
+
+    async def _monitor(self) -> None:
+        """Self-test the devices often enough that a fault shows within one health interval."""
+        period = max(MONITOR_MIN_S, self.config.health.interval_s / 2)
+        assert self.devices is not None
+        while True:
+            await asyncio.sleep(period)
+            if not self.commit_lock.locked():  # a capture owns the devices; test after it
+                await self.devices.self_test_all()
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the loop turns and the outbox's thread answers."""
+        interval = self.notifier.watchdog_interval_s()
+        last_status = 0.0
+        while True:
+            await asyncio.sleep(interval if interval else STATUS_EVERY_S)
+            if interval:
+                try:
+                    await asyncio.wait_for(self._db(lambda: None), interval)
+                except TimeoutError:
+                    log.error(
+                        "the outbox thread did not answer within %.1f s: not feeding the watchdog", interval
+                    )
+                    continue
+                self.notifier.watchdog()
+            if time.monotonic() - last_status >= STATUS_EVERY_S:
+                self.notifier.status(self._summary())
+                last_status = time.monotonic()
+
+    # ------------------------------------------------------------------------- health
+
+    def _device_states(self) -> dict[str, dict[str, str]]:
+        return self.devices.states() if self.devices is not None else {}
+
+    def _health_changed(self) -> None:
+        if self.link is not None:
+            self.link.health_changed()
+
+    def _summary(self) -> str:
+        link = self.link.stats if self.link else None
+        state = "online" if link and link.connected else "offline"
+        faulty = [r.device for r in self.devices.faulty()] if self.devices else []
+        return f"link {state}; faulty: {', '.join(faulty) or 'none'}"
+
+    async def health(self) -> dict[str, Any]:
+        assert self.outbox is not None and self.link is not None
+        stats = await self._db(self.outbox.stats)
+        return self.reporter.snapshot(
+            queue=queue_json(stats), link=self.link.stats.to_json(), total=stats.total_committed
+        )
+
+    # ------------------------------------------------------------------------- the local API
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]]:
+        return {
+            "status": self._api_status,
+            "enroll": self._api_enroll,
+            "sync": self._api_sync,
+            "diag": self._api_diag,
+            "queue": self._api_queue,
+        }
+
+    async def _api_status(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        doc = await self.health()
+        doc["service"] = "running"
+        yield doc
+
+    async def _api_queue(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self.outbox is not None
+        rows = await self._db(self.outbox.undelivered)
+        yield {"queue": [_queue_row(r) for r in rows]}
+
+    async def _api_sync(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self.link is not None and self.outbox is not None
+        self.link.wake()
+        stats = await self._db(self.outbox.stats)
+        yield {"undelivered": stats.pending + stats.sent, "connected": self.link.stats.connected}
+
+    async def _api_diag(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self.devices is not None
+        names = request.get("devices") or None
+        unknown = [n for n in names or [] if n not in self.devices.slots]
+        if unknown:
+            raise ApiError(f"unknown or disabled device(s): {', '.join(unknown)}", "bad-request")
+        async with self.commit_lock:
+            results = await self.devices.self_test_all(names)
+        for result in results.values():
+            yield {"diag": result.to_json()}
+
+    async def _api_enroll(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        count = int(request.get("count", 1))
+        if not 1 <= count <= 100_000:
+            raise ApiError("count must be 1..100000", "bad-request")
+        seed = int(request.get("seed", 1))
+        for i in range(count):
+            if self.stopping.is_set():
+                raise ApiError(
+                    "the service is stopping; the remaining enrollments were not taken", "stopping"
+                )
+            applicant = await self._applicant(request, seed + i)
+            async with self.commit_lock:
+                try:
+                    record = await capture_enrollment(self.devices, applicant)  # type: ignore[arg-type]
+                    receipt = await self._commit(record)
+                except CaptureError as exc:
+                    raise ApiError(str(exc), exc.code) from exc
+                except InvalidNik as exc:
+                    raise ApiError(f"NIK: {exc}", "bad-request") from exc
+                except StoreFull as exc:
+                    raise ApiError(str(exc), "store-full") from exc
+                except OutboxError as exc:
+                    raise ApiError(f"the outbox refused the enrollment: {exc}", "store-error") from exc
+            self.link.wake()  # type: ignore[union-attr]
+            yield {"receipt": receipt}
+
+    async def _applicant(self, request: dict[str, Any], seed: int) -> Applicant:
+        if request.get("synthetic"):
+            if self.simulator is None:
+                raise ApiError(
+                    "synthetic enrollment needs simulated peripherals (`ektp-agent run --simulate`)",
+                    "bad-request",
+                )
+            resident = await asyncio.to_thread(self.simulator.present, seed)
+            demographics = Demographics(
+                name=resident.name,
+                sex=resident.sex,  # type: ignore[arg-type]
+                birth_date=resident.birth_date,
+                birth_place=resident.birth_place,
+                address=resident.address,
+                religion=resident.religion,
+            )
+            return Applicant(resident.nik, demographics)
+        try:
+            d = request["demographics"]
+            demographics = Demographics(
+                name=d["name"],
+                sex=d["sex"],
+                birth_date=dt.date.fromisoformat(d["birth_date"]),
+                birth_place=d["birth_place"],
+                address=d["address"],
+                religion=d["religion"],
+            )
+            return Applicant(str(request["nik"]), demographics)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(
+                f"an enrollment needs nik and demographics (name, sex, birth_date, ...): {exc}", "bad-request"
+            ) from exc
+
+    async def _commit(self, record: EnrollmentRecord) -> dict[str, Any]:
+        assert self.outbox is not None
+        c, key = self.config, self.kiosk_key
+        central = load_central_public(c.keys.central_public_key).encryption
+        synced = await asyncio.to_thread(clock_synced)
+
+        def build(seq: int) -> Any:
+            return seal(
+                record,
+                kiosk_id=c.kiosk.id,
+                seq=seq,
+                kiosk_key=key,
+                central_public=central,
+                clock_synced=synced,
+            )
+
+        outbox = self.outbox
+        receipt = await self._db(lambda: outbox.commit(build))
+        log.info(
+            "committed enrollment seq %d (packet %s, %d bytes)", receipt.seq, receipt.packet_id, receipt.bytes
+        )
+        return {
+            "packet_id": receipt.packet_id,
+            "seq": receipt.seq,
+            "created_at": receipt.created_at,
+            "bytes": receipt.bytes,
+        }
+
+    async def _db(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db, fn)
+
+
+def _queue_row(r: Any) -> dict[str, Any]:
+    row = {
+        "packet_id": r.packet_id,
+        "seq": r.seq,
+        "created_at": r.created_at,
+        "state": r.state,
+        "bytes": r.bytes,
+        "attempts": r.attempts,
+    }
+    if r.reason:
+        row["reason"] = r.reason
+    return row
+
+
+__all__ = ["Service", "__version__", "queue_json"]
