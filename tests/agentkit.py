@@ -1,0 +1,141 @@
+"""The installed console scripts, driven as a user drives them: config files, keys, and
+`ektp-agent run --simulate` / `ektp-central run` as child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise RuntimeError(f"console script {name} is not installed in {BIN}: run `make setup`")
+    return str(path)
+
+
+class Kit:
+    """One kiosk and one centre, configured in ``root``, talking to a broker on ``port``."""
+
+    def __init__(self, root: Path, port: int, *, kiosk_id: str = "320715-01", health_s: float = 1.0, extra_agent: str = "") -> None:
+        self.root = root
+        self.kiosk_id = kiosk_id
+        self.port = port
+        (root / "central").mkdir(parents=True, exist_ok=True)
+        (root / "kiosk").mkdir(parents=True, exist_ok=True)
+        self.data_dir = root / "kiosk" / "data"
+        self.central_conf = root / "central" / "central.toml"
+        self.agent_conf = root / "kiosk" / "agent.toml"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.write_configs(port, health_s, extra_agent)
+
+    def write_configs(self, port: int, health_s: float = 1.0, extra_agent: str = "") -> None:
+        c = self.root / "central"
+        self.central_conf.write_text(
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n[store]\nurl = "{c / "central.db"}"\n'
+            f'[keys]\ncentral_private_key = "{c / "central.key"}"\n'
+        )
+        self.agent_conf.write_text(
+            f'[kiosk]\nid = "{self.kiosk_id}"\ndata_dir = "{self.data_dir}"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\nack_timeout_s = 5\n'
+            f"reconnect_min_s = 0.2\nreconnect_max_s = 1\n"
+            f'[keys]\ncentral_public_key = "{c / "central.key.pub"}"\n[health]\ninterval_s = {health_s}\n{extra_agent}'
+        )
+
+    def agent_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script("ektp-agent"), "--config", str(self.agent_conf), *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def central_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script("ektp-central"), "--config", str(self.central_conf), *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def setup_keys(self) -> None:
+        for p in (self.central_cli("keys", "init"), self.agent_cli("keys", "init")):
+            assert p.returncode == 0, p.stderr
+        pub = self.agent_cli("keys", "init").stdout  # refuses: the key exists
+        assert pub == ""
+        p = self.central_cli("kiosk", "add", self.kiosk_id, "--public-key", str(self.data_dir / "kiosk.key.pub"))
+        assert p.returncode == 0, p.stderr
+
+    def spawn(self, tool: str, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        conf = self.central_conf if tool == "ektp-central" else self.agent_conf
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it
+        try:
+            p = subprocess.Popen(
+                [script(tool), "--config", str(conf), *args],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        finally:
+            log.close()
+        self.procs.append(p)
+        return p
+
+    def start_central(self, name: str = "central") -> subprocess.Popen[bytes]:
+        return self.spawn("ektp-central", "run", name=name)
+
+    def start_agent(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.agent = self.spawn("ektp-agent", "run", "--simulate", name="agent", env=env)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if self.agent.poll() is not None:
+                raise AssertionError(f"agent exited with {self.agent.returncode}: {self.log('agent')[-2000:]}")
+            p = self.agent_cli("status", "--json", timeout=30)
+            if p.stdout.strip() and json.loads(p.stdout).get("service") == "running":
+                return self.agent
+            time.sleep(0.3)
+        raise AssertionError(f"the agent did not come up: {self.log('agent')[-2000:]}")
+
+    def status(self) -> dict[str, Any]:
+        p = self.agent_cli("status", "--json", timeout=60)
+        doc: dict[str, Any] = json.loads(p.stdout)
+        return doc
+
+    def enroll(self, n: int, seed: int = 1) -> list[dict[str, Any]]:
+        p = self.agent_cli("enroll", "--synthetic", "--count", str(n), "--seed", str(seed), timeout=600)
+        assert p.returncode == 0, p.stderr
+        return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+    def central_packets(self) -> list[dict[str, Any]]:
+        p = self.central_cli("packets", "--json")
+        assert p.returncode == 0, p.stderr
+        rows: list[dict[str, Any]] = json.loads(p.stdout)
+        return rows
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(30)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                    p.wait(15)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+            # the simulator child of a SIGKILLed agent lives on in the agent's process group
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
