@@ -6,8 +6,11 @@ Exit codes as the agent's: 0 well, 1 a problem found, 2 usage or config error.
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -15,6 +18,9 @@ from agent import __version__
 from agent.config import ConfigError
 from agent.keys import KeyFileError, create_central_keys, key_fingerprint, public_path, raw_public
 from central.config import DEFAULT_CENTRAL_CONFIG, CentralConfig, load_central_config
+
+if TYPE_CHECKING:
+    from central.store import CentralStore
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -105,3 +111,351 @@ def keys_init(ctx: Context, force: bool) -> None:
     click.echo(f"signing key    {key_fingerprint(raw_public(pub.signing))}")
     click.echo(f"private keys: {path}")
     click.echo(str(public_path(path)))
+
+
+# ----------------------------------------------------------------------------- the store
+
+IMPORT_BATCH_FILES = 64  # files ingested per store transaction
+IMPORT_BATCH_BYTES = 64 * 1024 * 1024
+
+
+@contextmanager
+def central_store(ctx: Context) -> Iterator[CentralStore]:
+    """The configured store, closed on the way out; a store failure exits 1 with its message."""
+    from central.store import StoreError, open_store
+
+    try:
+        store = open_store(ctx.config.store_url)
+    except StoreError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    try:
+        yield store
+    except StoreError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    finally:
+        store.close()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Plain aligned columns (greppable, and the same on a terminal or in a pipe)."""
+    cells = [[str(h).upper() for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@main.group("kiosk")
+def kiosk_group() -> None:
+    """Register kiosks (their packet signing keys)."""
+
+
+@kiosk_group.command("add")
+@click.argument("kiosk_id", metavar="ID")
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    metavar="FILE",
+    help="The kiosk's public key file (the `.pub` that `ektp-agent keys init` printed).",
+)
+@click.option("--replace", is_flag=True, help="Replace the key already registered for ID.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_json: bool) -> None:
+    """Register kiosk ID with its Ed25519 public key, so its packets are verified and stored.
+
+    Packets from a kiosk that is not registered, or that its key does not verify, are kept
+    in quarantine and acknowledged as rejected. Registering the same key again is a no-op;
+    another key for a registered ID needs --replace (exit 2 without it).
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosk add 320715-01 --public-key 320715-01.key.pub
+    """
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    from agent.config import KIOSK_ID_RE
+    from agent.keys import load_kiosk_public
+    from central.store import KioskAlreadyRegistered
+
+    if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
+        fail(
+            f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")',
+            EXIT_USAGE,
+        )
+    try:
+        key = load_kiosk_public(Path(public_key))
+    except KeyFileError as exc:
+        fail(str(exc), EXIT_USAGE)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    fingerprint = key_fingerprint(raw_public(key))
+    with central_store(ctx) as store:
+        try:
+            changed = store.add_kiosk(kiosk_id, pem, replace=replace)
+        except KioskAlreadyRegistered as exc:
+            fail(str(exc), EXIT_USAGE)
+    if as_json:
+        emit_json({"kiosk": kiosk_id, "fingerprint": fingerprint, "changed": changed})
+    elif changed:
+        click.echo(f"kiosk {kiosk_id} registered, key {fingerprint}")
+    else:
+        click.echo(f"kiosk {kiosk_id} was already registered with this key ({fingerprint})")
+
+
+@main.command("kiosks")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def kiosks_cmd(ctx: Context, as_json: bool) -> None:
+    """List the registered kiosks: id, key fingerprint, when added.
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosks --json
+    """
+    with central_store(ctx) as store:
+        rows = store.kiosks()
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["kiosk", "fingerprint", "added_at"], [[r["kiosk"], r["fingerprint"], r["added_at"]] for r in rows]
+    )
+
+
+@main.command("packets")
+@click.option("--kiosk", "kiosk", metavar="ID", help="Only this kiosk's packets.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def packets_cmd(ctx: Context, kiosk: str | None, as_json: bool) -> None:
+    """List the stored packets by kiosk and seq (ids, sizes and times; never content).
+
+    JSON: a list of objects with packet_id, kiosk, seq, created_at, received_at, bytes, source.
+
+    \b
+    Example:
+      ektp-central --config central.toml packets --kiosk 320715-01 --json
+    """
+    with central_store(ctx) as store:
+        rows = store.packets(kiosk)
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["packet_id", "kiosk", "seq", "created_at", "received_at", "bytes", "source"],
+        [
+            [r["packet_id"], r["kiosk"], r["seq"], r["created_at"], r["received_at"], r["bytes"], r["source"]]
+            for r in rows
+        ],
+    )
+
+
+@main.command("fleet")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def fleet_cmd(ctx: Context, as_json: bool) -> None:
+    """One row per kiosk: online, last health, faulty devices, backlog, stored packets, seq gaps.
+
+    JSON: a list of objects with kiosk, registered, online (true/false/null), status_ts,
+    last_health_ts, faulty, degraded, backlog, oldest_pending_age_s, stored, last_seq and
+    gaps (a list of [from, to] missing seq ranges). docs/central.md explains each.
+
+    \b
+    Example:
+      ektp-central --config central.toml fleet --json
+    """
+    with central_store(ctx) as store:
+        rows = store.fleet()
+    if as_json:
+        emit_json(rows)
+        return
+
+    def online(value: bool | None) -> str:
+        return "?" if value is None else ("online" if value else "OFFLINE")
+
+    def gaps(ranges: list[list[int]]) -> str:
+        shown = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:5])
+        return shown + (f",+{len(ranges) - 5} more" if len(ranges) > 5 else "")
+
+    print_table(
+        [
+            "kiosk",
+            "link",
+            "status_ts",
+            "last_health",
+            "faulty",
+            "backlog",
+            "oldest_s",
+            "stored",
+            "last_seq",
+            "gaps",
+        ],
+        [
+            [
+                r["kiosk"] + ("" if r["registered"] else " (unregistered)"),
+                online(r["online"]),
+                r["status_ts"],
+                r["last_health_ts"],
+                ",".join(r["faulty"]) or None,
+                r["backlog"],
+                None if r["oldest_pending_age_s"] is None else f"{r['oldest_pending_age_s']:.0f}",
+                r["stored"],
+                r["last_seq"],
+                gaps(r["gaps"]) or None,
+            ]
+            for r in rows
+        ],
+    )
+
+
+@main.command("quarantine")
+@click.option("--kiosk", "kiosk", metavar="ID", help="Only what names this kiosk.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def quarantine_cmd(ctx: Context, kiosk: str | None, as_json: bool) -> None:
+    """List what was kept in quarantine and why (unknown kiosk, bad signature, garbage, conflicts).
+
+    \b
+    Example:
+      ektp-central --config central.toml quarantine --json
+    """
+    with central_store(ctx) as store:
+        rows = store.quarantined(kiosk)
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["id", "last_received_at", "times", "kiosk", "source", "bytes", "reason"],
+        [
+            [
+                r["id"],
+                r["last_received_at"],
+                r["times"],
+                r["kiosk_hint"],
+                r["source"],
+                r["bytes"],
+                r["reason"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@main.command("import")
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, dir_okay=True))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object with the counts and each file's result."
+)
+@pass_ctx
+def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
+    """Ingest the packet files in DIR (from `ektp-agent export`), with the same idempotency as MQTT.
+
+    Every regular file in DIR except dotfiles is read as one packet. Already stored
+    packets count as duplicates; unknown kiosks, bad signatures and garbage are kept in
+    quarantine and counted as rejected (exit 1). Prints the stored / duplicate /
+    rejected counts. Importing the same directory twice stores nothing new.
+
+    \b
+    Example:
+      ektp-central --config central.toml import /media/usb/ektp-export
+    """
+    from pathlib import Path
+
+    from central.ingest import MAX_PACKET_BYTES, Ingestor, IngestResult
+
+    files = sorted(p for p in Path(directory).iterdir() if not p.name.startswith(".") and p.is_file())
+    report: list[dict[str, Any]] = []
+    counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+
+    def note(path: Path, result: IngestResult) -> None:
+        counts[result.status] += 1
+        report.append(
+            {
+                "file": path.name,
+                "status": result.status,
+                "packet_id": result.packet_id,
+                "kiosk": result.kiosk,
+                "seq": result.seq,
+                "reason": result.reason,
+            }
+        )
+
+    logging.getLogger("central").addHandler(logging.NullHandler())  # the report below says it all
+    with central_store(ctx) as store, _progress(len(files)) as advance:
+        ingestor = Ingestor(store)
+        batch: list[tuple[Path, bytes]] = []
+
+        def flush() -> None:
+            results = ingestor.ingest_many([data for _, data in batch], "import")
+            for (path, _), result in zip(batch, results, strict=True):
+                note(path, result)
+            advance(len(batch))
+            batch.clear()
+
+        for path in files:
+            try:
+                with path.open("rb") as f:
+                    data = f.read(MAX_PACKET_BYTES + 1)  # one byte over the cap is enough to refuse it
+            except OSError as exc:
+                note(
+                    path,
+                    IngestResult(None, None, None, "rejected", f"unreadable: {exc.strerror}", "unreadable"),
+                )
+                advance(1)
+                continue
+            batch.append((path, data))
+            if len(batch) >= IMPORT_BATCH_FILES or sum(len(d) for _, d in batch) >= IMPORT_BATCH_BYTES:
+                flush()
+        if batch:
+            flush()
+
+    if as_json:
+        emit_json({"directory": str(directory), **counts, "files": report})
+    else:
+        for item in report:
+            if item["status"] == "rejected":
+                click.echo(f"rejected {item['file']}: {item['reason']}")
+        click.echo(
+            f"stored {counts['stored']}, duplicate {counts['duplicate']}, rejected {counts['rejected']}"
+        )
+    if counts["rejected"]:
+        sys.exit(EXIT_PROBLEM)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; otherwise nothing."""
+    if total < 2 or not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("importing", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@main.command("run")
+@pass_ctx
+def run_cmd(ctx: Context) -> None:
+    """Consume enrollments, store them exactly once, acknowledge them; track the fleet.
+
+    Several instances may run against the same broker and store: the shared
+    subscription splits the packets between them. SIGTERM stops it cleanly.
+
+    \b
+    Example:
+      ektp-central --config /etc/ektp-central/config.toml run
+    """
+    from central.service import run_central
+    from central.store import StoreError
+
+    try:
+        code = run_central(ctx.config)
+    except KeyFileError as exc:
+        fail(f"{exc} ([keys] central_private_key in {ctx.path})", EXIT_USAGE)
+    except StoreError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    sys.exit(code)

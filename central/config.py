@@ -105,9 +105,7 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
     return CentralConfig(
         mqtt=CentralMqtt(**mqtt),
         store_url=url,
-        central_private_key=values.get("keys", {}).get(
-            "central_private_key", CentralConfig.central_private_key
-        ),
+        central_private_key=values.get("keys", {}).get("central_private_key", DEFAULT_PRIVATE_KEY),
         quarantine_dir=store.get("quarantine_dir"),
         source=path,
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.ack import AckResult, AckStatus, sign_ack
@@ -88,7 +89,7 @@ class CentralConsumer:
     def _client(self) -> mqtt.Client:
         m = self.config.mqtt
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         client.suppress_exceptions = True
         client.reconnect_delay_set(1, 30)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,15 @@ def script(name: str) -> str:
 class Kit:
     """One kiosk and one centre, configured in ``root``, talking to a broker on ``port``."""
 
-    def __init__(self, root: Path, port: int, *, kiosk_id: str = "320715-01", health_s: float = 1.0, extra_agent: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        *,
+        kiosk_id: str = "320715-01",
+        health_s: float = 1.0,
+        extra_agent: str = "",
+    ) -> None:
         self.root = root
         self.kiosk_id = kiosk_id
         self.port = port
@@ -53,12 +62,18 @@ class Kit:
 
     def agent_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [script("ektp-agent"), "--config", str(self.agent_conf), *args], capture_output=True, text=True, timeout=timeout
+            [script("ektp-agent"), "--config", str(self.agent_conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def central_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [script("ektp-central"), "--config", str(self.central_conf), *args], capture_output=True, text=True, timeout=timeout
+            [script("ektp-central"), "--config", str(self.central_conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def setup_keys(self) -> None:
@@ -66,10 +81,14 @@ class Kit:
             assert p.returncode == 0, p.stderr
         pub = self.agent_cli("keys", "init").stdout  # refuses: the key exists
         assert pub == ""
-        p = self.central_cli("kiosk", "add", self.kiosk_id, "--public-key", str(self.data_dir / "kiosk.key.pub"))
+        p = self.central_cli(
+            "kiosk", "add", self.kiosk_id, "--public-key", str(self.data_dir / "kiosk.key.pub")
+        )
         assert p.returncode == 0, p.stderr
 
-    def spawn(self, tool: str, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, tool: str, *args: str, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         conf = self.central_conf if tool == "ektp-central" else self.agent_conf
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it
         try:
@@ -93,7 +112,9 @@ class Kit:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:
-                raise AssertionError(f"agent exited with {self.agent.returncode}: {self.log('agent')[-2000:]}")
+                raise AssertionError(
+                    f"agent exited with {self.agent.returncode}: {self.log('agent')[-2000:]}"
+                )
             p = self.agent_cli("status", "--json", timeout=30)
             if p.stdout.strip() and json.loads(p.stdout).get("service") == "running":
                 return self.agent
@@ -135,7 +156,5 @@ class Kit:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait(5)
             # the simulator child of a SIGKILLed agent lives on in the agent's process group
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass

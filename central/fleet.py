@@ -1,0 +1,122 @@
+"""The fleet table: one row per kiosk from what the store knows of it.
+
+Columns (also the JSON keys of `ektp-central fleet --json`):
+
+    kiosk                 the kiosk id
+    registered            whether its public key is registered
+    online                True / False from its last applied status, None if never heard
+    status_ts             when that status was applied (the centre's clock)
+    last_health_ts        the ``ts`` of its last health snapshot (the kiosk's clock)
+    faulty                devices whose state is "fault" or "absent", sorted
+    degraded              devices whose state is "degraded", sorted
+    backlog               queue.pending of the last health snapshot (None if unknown)
+    oldest_pending_age_s  queue.oldest_pending_age_s of that snapshot
+    stored                packets stored centrally
+    last_seq              the highest stored seq (None if none)
+    gaps                  [from, to] ranges of seq missing below last_seq (seqs start at 1)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, TypedDict
+
+FIRST_SEQ = 1  # the outbox numbers a kiosk's packets from 1
+FAULTY_STATES = frozenset({"fault", "absent"})
+
+
+class FleetRow(TypedDict):
+    kiosk: str
+    registered: bool
+    online: bool | None
+    status_ts: str | None
+    last_health_ts: str | None
+    faulty: list[str]
+    degraded: list[str]
+    backlog: int | None
+    oldest_pending_age_s: float | None
+    stored: int
+    last_seq: int | None
+    gaps: list[list[int]]
+
+
+def build_fleet(
+    *,
+    registered: Iterable[str],
+    status: Iterable[Sequence[Any]],
+    health: Iterable[Sequence[Any]],
+    counts: Iterable[Sequence[Any]],
+    gaps: Iterable[Sequence[Any]],
+) -> list[FleetRow]:
+    """Rows from the store's query results: status (kiosk, state, ts), health (kiosk, ts, doc
+    JSON), counts (kiosk, count, min seq, max seq), gaps (kiosk, from, to) in order."""
+    rows: dict[str, FleetRow] = {}
+
+    def row(kiosk: str) -> FleetRow:
+        if kiosk not in rows:
+            rows[kiosk] = FleetRow(
+                kiosk=kiosk,
+                registered=False,
+                online=None,
+                status_ts=None,
+                last_health_ts=None,
+                faulty=[],
+                degraded=[],
+                backlog=None,
+                oldest_pending_age_s=None,
+                stored=0,
+                last_seq=None,
+                gaps=[],
+            )
+        return rows[kiosk]
+
+    for kiosk in registered:
+        row(kiosk)["registered"] = True
+    for kiosk, state, ts in status:
+        r = row(kiosk)
+        r["online"] = state == "online"
+        r["status_ts"] = ts
+    for kiosk, ts, doc_text in health:
+        r = row(kiosk)
+        r["last_health_ts"] = ts
+        _apply_health(r, _loads(doc_text))
+    for kiosk, count, first, last in counts:
+        r = row(kiosk)
+        r["stored"] = int(count)
+        r["last_seq"] = int(last)
+        if int(first) > FIRST_SEQ:
+            r["gaps"].append([FIRST_SEQ, int(first) - 1])
+    for kiosk, start, end in gaps:
+        row(kiosk)["gaps"].append([int(start), int(end)])
+    return [rows[k] for k in sorted(rows)]
+
+
+def _loads(text: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _apply_health(row: FleetRow, doc: dict[str, Any]) -> None:
+    """Read what the fleet shows from a health document, tolerating any shape (it is kiosk input)."""
+    devices = doc.get("devices")
+    if isinstance(devices, dict):
+        for name, device in devices.items():
+            state = device.get("state") if isinstance(device, dict) else None
+            if state in FAULTY_STATES:
+                row["faulty"].append(str(name))
+            elif state == "degraded":
+                row["degraded"].append(str(name))
+        row["faulty"].sort()
+        row["degraded"].sort()
+    queue = doc.get("queue")
+    if isinstance(queue, dict):
+        pending = queue.get("pending")
+        if isinstance(pending, int) and not isinstance(pending, bool):
+            row["backlog"] = pending
+        age = queue.get("oldest_pending_age_s")
+        if isinstance(age, int | float) and not isinstance(age, bool):
+            row["oldest_pending_age_s"] = float(age)
