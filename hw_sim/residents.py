@@ -156,7 +156,9 @@ def _face(seed: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     skin = (rnd.randrange(140, 220), rnd.randrange(100, 170), rnd.randrange(70, 130))
     draw.ellipse((110, 120, 370, 470), fill=skin)
-    draw.rectangle((60, 470, 420, 640), fill=(rnd.randrange(0, 255), rnd.randrange(0, 255), rnd.randrange(0, 255)))
+    draw.rectangle(
+        (60, 470, 420, 640), fill=(rnd.randrange(0, 255), rnd.randrange(0, 255), rnd.randrange(0, 255))
+    )
     for ex in (180, 300):
         draw.ellipse((ex - 18, 250, ex + 18, 275), fill=(250, 250, 250))
         draw.ellipse((ex - 8, 254, ex + 8, 271), fill=(40, 25, 20))

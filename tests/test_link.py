@@ -111,8 +111,8 @@ def test_broker_killed_and_restarted_mid_drain(tmp_path: Path, broker: Broker, k
         kiosk.commit(150)
         for round_ in range(3):
             seen = kiosk.stats().delivered
-            wait_for(lambda: kiosk.link.stats.connection == round_ + 1, 30, f"connection {round_ + 1}")
-            wait_for(lambda: kiosk.stats().delivered > seen, 30, "progress on this connection")
+            wait_for(lambda r=round_: kiosk.link.stats.connection == r + 1, 30, f"connection {round_ + 1}")
+            wait_for(lambda s=seen: kiosk.stats().delivered > s, 30, "progress on this connection")
             broker.kill()
             kiosk.commit(5)  # enrollments go on while the broker is down
             broker.start()
