@@ -36,7 +36,7 @@ from agent.cli import (
     pass_ctx,
 )
 from agent.config import AgentConfig
-from agent.devices import DEVICE_NAMES, SELF_TEST_TIMEOUT_S, build_drivers
+from agent.devices import DEVICE_NAMES, SELF_TEST_TIMEOUT_S, as_configured, build_drivers
 from agent.health import HealthReporter
 from agent.keys import KeyFileError
 from agent.outbox import Outbox, OutboxError, StoreNotFound
@@ -74,7 +74,7 @@ def probe_devices(config: AgentConfig, names: list[str] | None = None) -> dict[s
             )
             continue
         try:
-            results[name] = futures[name].result(SELF_TEST_TIMEOUT_S)
+            results[name] = as_configured(futures[name].result(SELF_TEST_TIMEOUT_S))
         except concurrent.futures.TimeoutError:
             results[name] = SelfTestResult(
                 name,

@@ -131,6 +131,7 @@ class SignatureConfig:
     enabled: bool = True
     port: str = "/dev/ttyUSB0"
     baud: int = field(default=19200, metadata=_check(lambda v: v in (19200, 38400), "19200 or 38400"))
+    pen_up_quiet_s: float = field(default=1.5, metadata=_check(lambda v: 0.05 <= v <= 30, "seconds, 0.05-30"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,10 @@ from drivers.signature.device import SignaturePad
 log = logging.getLogger("ektp.devices")
 
 DEVICE_NAMES = ("fingerprint", "signature", "iris", "camera")
+# The simulator presents a finger or streams a signature at once; waiting as long as for
+# a person would only slow synthetic enrollments down.
+SIM_FINGER_TIMEOUT_S = 1.0
+SIM_PEN_UP_QUIET_S = 0.1
 SELF_TEST_TIMEOUT_S = 15.0  # a self-test still running after this counts as a fault
 T = TypeVar("T")
 
@@ -38,6 +43,14 @@ class DeviceSlot:
     thread: concurrent.futures.ThreadPoolExecutor
     last: SelfTestResult
     checked_at: float | None = None
+
+
+def as_configured(result: SelfTestResult) -> SelfTestResult:
+    """A driver says "absent" when it finds no device; for a device the config enables,
+    that is a fault the technician must fix (``absent`` is kept for disabled devices)."""
+    if result.state is DeviceState.ABSENT:
+        return dataclasses.replace(result, state=DeviceState.FAULT)
+    return result
 
 
 def build_drivers(config: AgentConfig, *, simulate: bool) -> dict[str, Peripheral]:
@@ -52,7 +65,8 @@ def build_drivers(config: AgentConfig, *, simulate: bool) -> dict[str, Periphera
         )
     if d.signature.enabled:
         port = str(sim / "signature") if simulate else d.signature.port
-        drivers["signature"] = SignaturePad(port, d.signature.baud)
+        quiet_s = SIM_PEN_UP_QUIET_S if simulate else d.signature.pen_up_quiet_s
+        drivers["signature"] = SignaturePad(port, d.signature.baud, quiet_s=quiet_s)
     if d.iris.enabled:
         backend: Any = None
         if simulate:
@@ -98,7 +112,9 @@ class Devices:
     async def self_test(self, name: str) -> SelfTestResult:
         slot = self.slots[name]
         try:
-            result = await self.call(name, lambda d: d.self_test(), timeout=SELF_TEST_TIMEOUT_S)
+            result = as_configured(
+                await self.call(name, lambda d: d.self_test(), timeout=SELF_TEST_TIMEOUT_S)
+            )
         except TimeoutError:
             result = SelfTestResult(
                 name,

@@ -1,0 +1,158 @@
+"""The whole kit through its console scripts, as an operator and a technician use it:
+a real Mosquitto, `ektp-central run`, `ektp-agent run --simulate`, `ektp-sim`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.agentkit import Kit, script
+from tests.linkkit import wait_for
+from tests.netkit import Broker
+
+KIOSK = "320715-01"
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    k = Kit(tmp_path / "kit", broker.port, health_s=1.0)
+    k.setup_keys()
+    try:
+        yield k, broker
+    finally:
+        k.close()
+        broker.stop()
+
+
+def retained(port: int, topic: str) -> dict[str, object]:
+    """The retained message on ``topic`` as a fresh subscriber gets it."""
+    got: list[bytes] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+    c.on_message = lambda cl, u, m: got.append(bytes(m.payload))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        wait_for(lambda: bool(got), 10, f"the retained message on {topic}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    doc: dict[str, object] = json.loads(got[-1])
+    return doc
+
+
+def sim(kit: Kit, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [script("ektp-sim"), "--dir", str(kit.data_dir / "sim"), *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_enroll_sync_and_the_centre_holds_them(kit: tuple[Kit, Broker]) -> None:
+    k, broker = kit
+    k.start_central()
+    k.start_agent()
+    receipts = k.enroll(4)
+    assert [r["seq"] for r in receipts] == [1, 2, 3, 4]
+    p = k.agent_cli("sync", "--wait", "--timeout", "60")
+    assert p.returncode == 0, p.stdout + p.stderr
+    stored = {r["packet_id"] for r in k.central_packets()}
+    assert stored == {r["packet_id"] for r in receipts}
+    queue = json.loads(k.agent_cli("queue", "--json").stdout)
+    assert queue == []
+    health = retained(broker.port, f"ektp/v1/{KIOSK}/health")
+    assert health["enrollments"] == {"total": 4}
+    assert all(d["state"] == "ok" for d in health["devices"].values())  # type: ignore[attr-defined]
+
+
+def test_fault_shows_in_status_diag_and_health_then_recovers(kit: tuple[Kit, Broker]) -> None:
+    k, broker = kit
+    k.start_agent()
+    assert sim(k, "fault", "fingerprint", "unplug").returncode == 0
+    wait_for(lambda: k.status()["devices"]["fingerprint"]["state"] == "fault", 5, "fingerprint in fault within ~one interval")
+    p = k.agent_cli("diag", "--json")
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    failed = [d for d in doc["devices"] if not d["passed"]]
+    assert [d["device"] for d in failed] == ["fingerprint"]
+    assert failed[0]["hint"]
+    wait_for(
+        lambda: retained(broker.port, f"ektp/v1/{KIOSK}/health")["devices"]["fingerprint"]["state"] == "fault",  # type: ignore[index]
+        10,
+        "the retained health to show the fault",
+    )
+    p = k.agent_cli("enroll", "--synthetic", "--count", "1")
+    assert p.returncode == 1 and "fingerprint" in p.stderr  # refused before anything is committed
+    assert sim(k, "clear", "fingerprint").returncode == 0
+    wait_for(lambda: k.status()["devices"]["fingerprint"]["state"] == "ok", 10, "fingerprint back to ok")
+    assert k.agent is not None and k.agent.poll() is None, "the service restarted"
+    assert k.agent_cli("diag", "fingerprint").returncode == 0
+    assert len(k.enroll(1)) == 1
+
+
+def test_status_diag_queue_export_with_the_service_down(kit: tuple[Kit, Broker], tmp_path: Path) -> None:
+    k, _broker = kit
+    k.start_agent()  # no centre: the packets stay undelivered
+    receipts = k.enroll(2)
+    assert k.agent is not None
+    k.agent.send_signal(signal.SIGTERM)
+    assert k.agent.wait(30) == 0
+    p = k.agent_cli("status", "--json")
+    doc = json.loads(p.stdout)
+    assert doc["service"] == "stopped"
+    assert doc["queue"]["pending"] == 2
+    assert set(doc["devices"]) == {"fingerprint", "signature", "iris", "camera"}
+    p = k.agent_cli("diag", "--json")
+    assert json.loads(p.stdout)["service"] == "stopped"
+    rows = json.loads(k.agent_cli("queue", "--json").stdout)
+    assert [r["packet_id"] for r in rows] == [r["packet_id"] for r in receipts]
+    assert all(set(r) >= {"packet_id", "seq", "created_at", "state", "bytes", "attempts"} for r in rows)
+    p = k.agent_cli("sync")
+    assert p.returncode == 3
+    out = tmp_path / "usb"
+    assert k.agent_cli("export", "--to", str(out)).returncode == 0
+    assert k.agent_cli("export", "--to", str(out)).returncode == 0  # idempotent
+    assert len(list(out.iterdir())) == 2
+    p = k.central_cli("import", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    assert {r["packet_id"] for r in k.central_packets()} == {r["packet_id"] for r in receipts}
+
+
+def test_sigkill_during_enroll_loop_every_receipt_exactly_once(kit: tuple[Kit, Broker]) -> None:
+    k, _broker = kit
+    k.start_central()
+    k.start_agent()
+    receipts: list[dict[str, object]] = []
+    enroll = subprocess.Popen(
+        [script("ektp-agent"), "--config", str(k.agent_conf), "enroll", "--synthetic", "--count", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert enroll.stdout is not None
+    for line in enroll.stdout:
+        receipts.append(json.loads(line))
+        if len(receipts) == 3:
+            assert k.agent is not None
+            os.kill(k.agent.pid, signal.SIGKILL)  # the agent alone: its simulator lives on
+            break
+    rest, _err = enroll.communicate(timeout=60)
+    receipts += [json.loads(x) for x in rest.splitlines() if x.strip()]
+    assert enroll.returncode != 0  # the service died under it
+    k.agent.wait(10)  # type: ignore[union-attr]
+    k.start_agent()  # attaches to the surviving simulator, resumes the outbox
+    assert k.agent_cli("sync", "--wait", "--timeout", "60").returncode == 0
+    rows = k.central_packets()
+    ids = [r["packet_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    assert {r["packet_id"] for r in receipts} <= set(ids)
