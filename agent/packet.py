@@ -1,7 +1,7 @@
 """The enrollment packet: a key-less header, a body encrypted to the centre, a kiosk signature.
 
 Format version 1 (all integers big-endian; the full description, with the crypto
-parameters, is docs/protocol-packet.md)::
+parameters, is docs/protocol.md ("The enrollment packet"))::
 
     off   size  field
     0     4     magic "EKTP"

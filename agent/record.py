@@ -3,7 +3,7 @@
 Every class validates itself on construction and raises ``InvalidRecord`` naming the
 field at fault. ``EnrollmentRecord.to_bytes()`` is the packet's plaintext body: a small
 JSON metadata block followed by the raw image blobs with their lengths (never base64),
-drawn in docs/protocol-packet.md::
+drawn in docs/protocol.md ("The enrollment packet")::
 
     u8 record_version | u32 meta_len | meta (UTF-8 JSON) | u16 blob_count
     | blob_count x u32 blob_len | blobs, concatenated          (all big-endian)
@@ -311,7 +311,7 @@ class EnrollmentRecord:
         return _decode(bytes(data))
 
     def _blobs(self) -> Iterator[bytes]:
-        # The order here is the blob table's order (docs/protocol-packet.md).
+        # The order here is the blob table's order (docs/protocol.md ("The enrollment packet")).
         yield self.face.jpeg
         for pos in FingerPosition:
             png = self.fingerprints[pos].png

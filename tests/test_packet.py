@@ -285,7 +285,7 @@ def test_errors_are_value_errors_with_a_reason() -> None:
     assert isinstance(err, ValueError) and err.reason is PacketFault.TRUNCATED
 
 
-# --- an independent encoder, written from docs/protocol-packet.md -----------------------
+# --- an independent encoder, written from docs/protocol.md ("The enrollment packet") -----------------------
 
 
 def _hand_sealed(

@@ -85,7 +85,7 @@ class IrisInfo:
 
 
 class IrisCamera:
-    """The USB iris camera speaking our bulk protocol (docs/protocol-iris-camera.md)."""
+    """The USB iris camera speaking our bulk protocol (docs/protocol.md ("Iris camera"))."""
 
     name = "iris"
 

@@ -1,4 +1,4 @@
-"""Iris frames: the pure codec of the iris camera's USB bulk protocol (docs/protocol-iris-camera.md).
+"""Iris frames: the pure codec of the iris camera's USB bulk protocol (docs/protocol.md ("Iris camera")).
 
 Every request (bulk OUT 0x01) and every reply (bulk IN 0x81) is one frame, little-endian::
 

@@ -1,7 +1,7 @@
 """Iris messages: the payloads of each op, as frozen dataclasses with ``to_bytes``/``from_bytes``.
 
 A request's payload is its fields; a reply's payload is ``status u8`` followed, when the
-status is OK, by the reply's fields (docs/protocol-iris-camera.md, "Ops").
+status is OK, by the reply's fields (docs/protocol.md ("Iris camera"), "Ops").
 """
 
 from __future__ import annotations
