@@ -34,6 +34,7 @@ from agent.packet import seal
 from agent.record import Demographics, EnrollmentRecord
 from agent.sd_notify import Notifier
 from agent.simulator import Simulator
+from agent.synthetic import SyntheticRecords
 
 log = logging.getLogger("ektp.service")
 
@@ -66,6 +67,7 @@ class Service:
         self.stopping = asyncio.Event()
         self.commit_lock = asyncio.Lock()
         self.simulator: Simulator | None = None
+        self.synthetic = SyntheticRecords()
         self.outbox: Outbox | None = None
         self.devices: Devices | None = None
         self.link: Link | None = None
@@ -236,15 +238,24 @@ class Service:
         if not 1 <= count <= 100_000:
             raise ApiError("count must be 1..100000", "bad-request")
         seed = int(request.get("seed", 1))
+        direct = bool(request.get("direct"))
+        if direct and not request.get("synthetic"):
+            raise ApiError(
+                '"direct" builds synthetic records without the peripherals; it needs "synthetic"',
+                "bad-request",
+            )
         for i in range(count):
             if self.stopping.is_set():
                 raise ApiError(
                     "the service is stopping; the remaining enrollments were not taken", "stopping"
                 )
-            applicant = await self._applicant(request, seed + i)
             async with self.commit_lock:
                 try:
-                    record = await capture_enrollment(self.devices, applicant)  # type: ignore[arg-type]
+                    if direct:  # a load test: the generator's record, no peripherals
+                        record = await asyncio.to_thread(self.synthetic.record, seed + i)
+                    else:
+                        applicant = await self._applicant(request, seed + i)
+                        record = await capture_enrollment(self.devices, applicant)  # type: ignore[arg-type]
                     receipt = await self._commit(record)
                 except CaptureError as exc:
                     raise ApiError(str(exc), exc.code) from exc
