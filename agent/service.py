@@ -116,7 +116,6 @@ class Service:
         central = load_central_public(c.keys.central_public_key)
         self.outbox = await self._db(lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes))
         self.devices = Devices(build_drivers(c, simulate=self.simulate), on_change=self._health_changed)
-        await self.devices.self_test_all()
         self.link = Link(c, self.outbox, central, db=self.db, health=self.health)
         self.api = ApiServer(c.api_socket, self._handlers(), group=c.api.group)
         await self.api.start()
@@ -146,9 +145,11 @@ class Service:
         self.notifier.close()
 
     async def _monitor(self) -> None:
-        """Self-test the devices often enough that a fault shows within one health interval."""
+        """Self-test the devices at once (READY does not wait for them), then often enough
+        that a fault shows within one health interval."""
         period = max(MONITOR_MIN_S, self.config.health.interval_s / 2)
         assert self.devices is not None
+        await self.devices.self_test_all()
         while True:
             await asyncio.sleep(period)
             if not self.commit_lock.locked():  # a capture owns the devices; test after it
