@@ -56,7 +56,23 @@ def emit_json(doc: Any) -> None:
 pass_ctx: Callable[..., Any] = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class AgentGroup(click.Group):
+    """Turns a permission problem anywhere below into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PermissionError as exc:
+            what = exc.filename or str(exc)
+            fail(
+                f"permission denied on {what}: run as root (sudo) or as a member of the ektp group",
+                EXIT_PROBLEM,
+            )
+
+
+@click.group(
+    cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.option(
     "--config",
     "config_arg",

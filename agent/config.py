@@ -21,6 +21,7 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/ektp-agent/config.toml")
 CONFIG_ENV = "EKTP_CONFIG"
+SYSTEMD_RUNTIME_DIR = Path("/run/ektp-agent")  # RuntimeDirectory=ektp-agent of systemd/ektp-agent.service
 KIOSK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 
@@ -113,7 +114,9 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    socket: Path | None = None  # default: $RUNTIME_DIRECTORY/api.sock, else {data_dir}/api.sock
+    socket: Path | None = (
+        None  # default: /run/ektp-agent/api.sock when that directory exists, else {data_dir}/api.sock
+    )
     group: str | None = None  # group that may use the socket (mode 0660)
 
 
@@ -182,10 +185,13 @@ class AgentConfig:
 
     @property
     def api_socket(self) -> Path:
+        """The configured socket; else in systemd's RuntimeDirectory when it exists (the service
+        runs under the unit), else in data_dir. The service and the CLI apply the same rule."""
         if self.api.socket is not None:
             return self.api.socket
-        runtime = os.environ.get("RUNTIME_DIRECTORY")
-        return Path(runtime.split(":")[0]) / "api.sock" if runtime else self.kiosk.data_dir / "api.sock"
+        if SYSTEMD_RUNTIME_DIR.is_dir():
+            return SYSTEMD_RUNTIME_DIR / "api.sock"
+        return self.kiosk.data_dir / "api.sock"
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:

@@ -31,7 +31,7 @@ from agent.link import Link
 from agent.nik import InvalidNik
 from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
 from agent.packet import seal
-from agent.record import Demographics, EnrollmentRecord
+from agent.record import Demographics, EnrollmentRecord, InvalidRecord
 from agent.sd_notify import Notifier
 from agent.simulator import Simulator
 from agent.synthetic import SyntheticRecords
@@ -68,6 +68,7 @@ class Service:
         self.commit_lock = asyncio.Lock()
         self.simulator: Simulator | None = None
         self.synthetic = SyntheticRecords()
+        self._last_stats: OutboxStats | None = None
         self.outbox: Outbox | None = None
         self.devices: Devices | None = None
         self.link: Link | None = None
@@ -171,6 +172,8 @@ class Service:
                     continue
                 self.notifier.watchdog()
             if time.monotonic() - last_status >= STATUS_EVERY_S:
+                if self.outbox is not None:
+                    self._last_stats = await self._db(self.outbox.stats)
                 self.notifier.status(self._summary())
                 last_status = time.monotonic()
 
@@ -187,11 +190,13 @@ class Service:
         link = self.link.stats if self.link else None
         state = "online" if link and link.connected else "offline"
         faulty = [r.device for r in self.devices.faulty()] if self.devices else []
-        return f"link {state}; faulty: {', '.join(faulty) or 'none'}"
+        q = self._last_stats
+        backlog = f"backlog {q.pending + q.sent} ({q.pending_bytes // 1_000_000} MB)" if q else "backlog ?"
+        return f"{backlog}; link {state}; faulty: {', '.join(faulty) or 'none'}"
 
     async def health(self) -> dict[str, Any]:
         assert self.outbox is not None and self.link is not None
-        stats = await self._db(self.outbox.stats)
+        stats = self._last_stats = await self._db(self.outbox.stats)
         return self.reporter.snapshot(
             queue=queue_json(stats), link=self.link.stats.to_json(), total=stats.total_committed
         )
@@ -262,6 +267,8 @@ class Service:
                     raise ApiError(str(exc), exc.code) from exc
                 except InvalidNik as exc:
                     raise ApiError(f"NIK: {exc}", "bad-request") from exc
+                except InvalidRecord as exc:  # e.g. demographics that disagree with the NIK
+                    raise ApiError(str(exc), "bad-request") from exc
                 except StoreFull as exc:
                     raise ApiError(str(exc), "store-full") from exc
                 except OutboxError as exc:

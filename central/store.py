@@ -88,7 +88,12 @@ def open_store(url: str) -> CentralStore:
     :raises StoreSchemaError: the schema is newer than this program
     """
     if url.startswith(PG_URL_PREFIXES):
-        from central.store_postgres import PostgresStore
+        try:
+            from central.store_postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreUnavailable(
+                f"{redact_url(url)} needs the PostgreSQL driver: pip install 'ektp-agent[pg]' ({exc})"
+            ) from exc
 
         return PostgresStore(url)
     from central.store_sqlite import SqliteStore

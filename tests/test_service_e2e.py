@@ -38,7 +38,11 @@ def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
 def retained(port: int, topic: str) -> dict[str, object]:
     """The retained message on ``topic`` as a fresh subscriber gets it."""
     got: list[bytes] = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{os.getpid()}-{time.monotonic_ns()}",
+        protocol=mqtt.MQTTv5,
+    )
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
     c.on_message = lambda cl, u, m: got.append(bytes(m.payload))
     c.connect("127.0.0.1", port)
@@ -54,7 +58,10 @@ def retained(port: int, topic: str) -> dict[str, object]:
 
 def sim(kit: Kit, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [script("ektp-sim"), "--dir", str(kit.data_dir / "sim"), *args], capture_output=True, text=True, timeout=30
+        [script("ektp-sim"), "--dir", str(kit.data_dir / "sim"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -79,7 +86,11 @@ def test_fault_shows_in_status_diag_and_health_then_recovers(kit: tuple[Kit, Bro
     k, broker = kit
     k.start_agent()
     assert sim(k, "fault", "fingerprint", "unplug").returncode == 0
-    wait_for(lambda: k.status()["devices"]["fingerprint"]["state"] == "fault", 5, "fingerprint in fault within ~one interval")
+    wait_for(
+        lambda: k.status()["devices"]["fingerprint"]["state"] == "fault",
+        5,
+        "fingerprint in fault within ~one interval",
+    )
     p = k.agent_cli("diag", "--json")
     assert p.returncode == 1
     doc = json.loads(p.stdout)
@@ -87,7 +98,9 @@ def test_fault_shows_in_status_diag_and_health_then_recovers(kit: tuple[Kit, Bro
     assert [d["device"] for d in failed] == ["fingerprint"]
     assert failed[0]["hint"]
     wait_for(
-        lambda: retained(broker.port, f"ektp/v1/{KIOSK}/health")["devices"]["fingerprint"]["state"] == "fault",  # type: ignore[index]
+        lambda: (
+            retained(broker.port, f"ektp/v1/{KIOSK}/health")["devices"]["fingerprint"]["state"] == "fault"
+        ),  # type: ignore[index]
         10,
         "the retained health to show the fault",
     )
@@ -156,3 +169,37 @@ def test_sigkill_during_enroll_loop_every_receipt_exactly_once(kit: tuple[Kit, B
     ids = [r["packet_id"] for r in rows]
     assert len(ids) == len(set(ids))
     assert {r["packet_id"] for r in receipts} <= set(ids)
+
+
+def test_a_real_kit_refuses_synthetic_enrollments_and_bad_requests(kit: tuple[Kit, Broker]) -> None:
+    k, _broker = kit
+    agent = k.spawn("ektp-agent", "run", name="agent")  # no --simulate: real devices (none here)
+    try:
+        wait_for(lambda: (k.data_dir / "api.sock").exists(), 30, "the API socket")
+        p = k.agent_cli("enroll", "--synthetic", "--count", "1")
+        assert p.returncode == 1 and "simulated peripherals" in p.stderr
+        applicant = k.root / "applicant.json"
+        # a man's NIK with a woman's declared sex: refused as a bad request, nothing captured
+        applicant.write_text(
+            json.dumps(
+                {
+                    "nik": "3171011708450001",
+                    "demographics": {
+                        "name": "Budi",
+                        "sex": "F",
+                        "birth_date": "1945-08-17",
+                        "birth_place": "Jakarta",
+                        "address": "Jl. Merdeka 1",
+                        "religion": "Islam",
+                    },
+                }
+            )
+        )
+        p = k.agent_cli("enroll", "--applicant", str(applicant))
+        assert p.returncode == 1
+        assert "internal" not in p.stderr
+        doc = k.status()
+        assert doc["service"] == "running" and doc["enrollments"]["total"] == 0
+        assert {d["state"] for d in doc["devices"].values()} <= {"fault", "absent"}
+    finally:
+        k.kill(agent, signal.SIGTERM)
