@@ -189,6 +189,7 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
         reporter = HealthReporter(
             kiosk_id=config.kiosk.id,
             data_dir=config.kiosk.data_dir,
+            outbox_path=config.outbox_path,
             devices=lambda: {n: {"state": r.state.value, "detail": r.detail} for n, r in probed.items()},
         )
         try:
@@ -209,6 +210,8 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
     ]  # absent = disabled in the config
     if doc["queue"].get("near_full"):
         problems.append("store near full")
+    if doc.get("store", {}).get("quarantined"):
+        problems.append("damaged store quarantined")
     if as_json:
         emit_json(doc)
     else:
@@ -235,6 +238,12 @@ def _print_status(doc: dict[str, Any]) -> None:
     con.print(
         f"link: {'connected' if link.get('connected') else 'not connected'} {link.get('last_error') or link.get('detail') or ''}"
     )
+    for damaged in doc.get("store", {}).get("quarantined", []):
+        con.print(
+            f"[bold red]damaged store moved aside: {damaged}[/] (its readable packets were salvaged; "
+            "see docs/troubleshooting.md before removing it)"
+        )
+    con.print(f"clock: {'synchronised' if host.get('clock_synchronised') else '[yellow]not synchronised[/]'}")
     free = host.get("disk_free_bytes")
     con.print(f"disk free: {free if free is not None else '?'} bytes; cpu {host.get('cpu_temp_c') or '?'} C")
 

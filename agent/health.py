@@ -36,6 +36,12 @@ def cpu_temp_c(zones: Path = THERMAL_ZONES) -> float | None:
     return None
 
 
+def quarantined_stores(outbox_path: Path) -> list[str]:
+    """Damaged outbox files moved aside by a salvage (``outbox.db.corrupt-*``), for a technician to review."""
+    pattern = f"{outbox_path.name}.corrupt-*"
+    return sorted(str(p) for p in outbox_path.parent.glob(pattern) if not p.name.endswith(("-wal", "-shm")))
+
+
 def disk_free_bytes(path: Path) -> int | None:
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -54,11 +60,13 @@ class HealthReporter:
         *,
         kiosk_id: str,
         data_dir: Path,
+        outbox_path: Path,
         devices: Callable[[], Mapping[str, Mapping[str, str]]],
         started: float | None = None,
     ) -> None:
         self.kiosk_id = kiosk_id
         self.data_dir = data_dir
+        self.outbox_path = outbox_path
         self.devices = devices
         self.started = started if started is not None else time.monotonic()
 
@@ -74,6 +82,7 @@ class HealthReporter:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "devices": devices,
             "queue": dict(queue),
+            "store": {"path": str(self.outbox_path), "quarantined": quarantined_stores(self.outbox_path)},
             "link": dict(link),
             "host": {
                 "disk_free_bytes": disk_free_bytes(self.data_dir),

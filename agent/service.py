@@ -76,6 +76,7 @@ class Service:
         self.reporter = HealthReporter(
             kiosk_id=config.kiosk.id,
             data_dir=config.kiosk.data_dir,
+            outbox_path=config.outbox_path,
             devices=self._device_states,
             started=self.started,
         )
