@@ -103,7 +103,11 @@ class DelayLine:
             if not self.gate.is_set():
                 conn.close()
                 continue
-            up = socket.create_connection(self.target, 5)
+            try:
+                up = socket.create_connection(self.target, 5)
+            except OSError:  # the broker is gone (the end of the run): the client retries
+                conn.close()
+                continue
             self.socks += [conn, up]
             for a, b in ((conn, up), (up, conn)):
                 queue: collections.deque[tuple[float, bytes]] = collections.deque()
