@@ -22,6 +22,7 @@ from tests.agentkit import Kit, script
 from tests.netkit import Broker
 
 KIOSK = "320715-01"
+FULL = os.environ.get("EKTP_CHAOS") == "full"  # bench/chaos.py: the full runs of issue 6
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_r1_sigkill_at_random_moments_loses_nothing(kit: tuple[Kit, Broker]) -> 
     rnd = random.Random(1)
     k.start_central()
     receipts: list[dict[str, object]] = []
-    kills = 5
+    kills = 100 if FULL else 5
     for i in range(kills):
         k.start_agent()
         loader = enroll_direct(k, 200, seed=1000 * (i + 1))
