@@ -1,7 +1,8 @@
 """The MQTT link: status with a Last Will, retained health, and the drain of the outbox.
 
-One ``Link`` owns the MQTT connection. Each connection attempt gets a fresh paho client,
-so paho's in-memory queue never carries anything across a reconnect: the outbox is the
+One ``Link`` owns the MQTT connection. Each connection attempt gets a fresh paho client
+(with paho's own reconnect off, and the Will carrying this connection's counter), so
+paho's in-memory queue never carries anything across a reconnect: the outbox is the
 only durable queue, and after every (re)connect the drain re-sends every undelivered
 packet in seq order, a window at a time. paho callbacks run on its network thread; they
 only put events on the core's queue (``loop.call_soon_threadsafe``) and never block or
@@ -9,7 +10,14 @@ raise. A packet is in the window from its publish until the centre's signed ack:
 
     pending --publish, PUBACK success--> sent --verified ack "stored"/"duplicate"--> delivered
                                           sent --verified ack "rejected"--> rejected (kept)
-    PUBACK failure code, or no ack within ack_timeout_s: published again (the centre is idempotent)
+    PUBACK failure code: published again after RETRY_AFTER_REFUSAL_S
+    no ack within ack_timeout_s: published again (the centre is idempotent)
+    larger than the broker's Maximum Packet Size: not published, listed in health, kept
+
+The window is ``min(mqtt.window, broker Receive Maximum)`` packets, and every QoS 1
+publish (packets, status, health) awaiting its PUBACK counts against the Receive
+Maximum. An outbox call that fails is logged, shown in health (``link.last_error``) and
+tried again after OUTBOX_RETRY_S; nothing in the link ends ``run()`` but ``stop()``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.ack import MAX_BODY as ACK_MAX_BODY
 from agent.ack import AckError, AckStatus, verify_ack
 from agent.config import AgentConfig
 from agent.keys import CentralPublicKeys
@@ -45,7 +54,10 @@ CONNECT_TIMEOUT_S = 10.0
 STOP_PUBLISH_WAIT_S = 2.0
 TICK_S = 0.5  # how often the drain looks at ack deadlines and retry times
 RETRY_AFTER_REFUSAL_S = 5.0  # a PUBACK with a failure code: try that packet again after this
+OUTBOX_RETRY_S = 5.0  # an outbox call failed: the drain tries again after this
+STABLE_SESSION_S = 10.0  # a connection that lasted this long resets the reconnect backoff
 MQTT_OVERHEAD = 512  # fixed header, topic and user properties, generously
+MAX_INCOMING_PACKET = ACK_MAX_BODY + 64 * 1024  # told to the broker: it drops anything larger for us
 T = TypeVar("T")
 
 
@@ -68,9 +80,13 @@ class LinkStats:
     receive_maximum: int | None = None
     maximum_packet_size: int | None = None
     in_flight: int = 0
+    in_flight_peak: int = 0  # the most packets ever in the window at once
+    awaiting_puback: int = 0  # QoS 1 publishes of any kind the broker has not PUBACKed yet
+    awaiting_puback_peak: int = 0
     published: int = 0
     republished: int = 0
     refused_pubacks: int = 0
+    outbox_errors: int = 0
     ignored_acks: Counter[str] = field(default_factory=Counter)
     oversize: set[str] = field(default_factory=set)
 
@@ -89,6 +105,10 @@ class LinkStats:
             "broker_maximum_packet_size": self.maximum_packet_size,
             "last_error": self.last_error,
         }
+
+
+class _OutboxFailed(Exception):
+    """An outbox call of the drain failed; already logged and shown in health."""
 
 
 # ----------------------------------------------------------------------------- events from paho's thread
@@ -124,7 +144,7 @@ _Event = _Connected | _Disconnected | _Published | _Message
 
 
 class Link:
-    """The kiosk's MQTT link. ``run()`` until ``stop()``; never raises for network trouble."""
+    """The kiosk's MQTT link. ``run()`` until ``stop()``; never raises for network or outbox trouble."""
 
     def __init__(
         self,
@@ -151,11 +171,15 @@ class Link:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._health_now = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # a PUBACK arrived: room under the broker's Receive Maximum
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[str, Flight] = {}
-        self._mids: dict[int, str] = {}
+        self._mids: dict[int, str] = {}  # mid of a packet's latest publish -> packet id
+        self._awaiting: dict[int, str] = {}  # mid of every QoS 1 publish without its PUBACK -> what it is
         self._retry: dict[str, float] = {}  # packet id -> monotonic time it may go again
+        self._outbox_errors: dict[str, str] = {}  # failing outbox action -> its message
+        self._refused_logged: set[str] = set()
 
     # ------------------------------------------------------------------------- public surface
 
@@ -175,13 +199,19 @@ class Link:
         self._loop = asyncio.get_running_loop()
         attempt = 0
         while not self._stopping.is_set():
-            client = await self._connect()
-            if client is not None:
-                attempt = 0
-                try:
-                    await self._session(client)
-                finally:
-                    await self._teardown(client)
+            started = time.monotonic()
+            try:
+                client = await self._connect()
+                if client is not None:
+                    try:
+                        await self._session(client)
+                    finally:
+                        await self._teardown(client)
+                    if time.monotonic() - started >= STABLE_SESSION_S:
+                        attempt = 0
+            except Exception as exc:  # a bug must not end the drain: log it loudly and start over
+                log.exception("the MQTT link failed; reconnecting")
+                self.stats.last_error = f"link failure: {type(exc).__name__}: {exc}"
             if self._stopping.is_set():
                 break
             attempt += 1
@@ -197,7 +227,7 @@ class Link:
     def _next_connection_number(self) -> int:
         try:
             n = int(self._connection_file.read_text().strip() or 0) + 1
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             n = 1
         try:
             self._connection_file.parent.mkdir(parents=True, exist_ok=True)
@@ -214,11 +244,19 @@ class Link:
         ).encode()
 
     def _new_client(self, connection: int) -> mqtt.Client:
+        """A client for one connection: its Will carries this connection's counter.
+
+        :raises OSError: the password file cannot be read
+        :raises ssl.SSLError: the TLS files are unusable
+        """
         m = self.config.mqtt
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"ektp-agent-{self.kiosk}",
             protocol=mqtt.MQTTv5,
+            # paho must not bring this client back by itself: it would come back with this
+            # connection's Will and re-send its memory queue behind the drain's back
+            reconnect_on_failure=False,
         )
         client.suppress_exceptions = True
         client.max_inflight_messages_set(m.window + 8)  # the window plus status and health
@@ -259,11 +297,17 @@ class Link:
                 loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     async def _connect(self) -> mqtt.Client | None:
-        connection = self._next_connection_number()
-        client = self._new_client(connection)
+        """A connected client, or None (the reason noted) after a failure or on stop."""
         m = self.config.mqtt
+        connection = self._next_connection_number()
+        try:
+            client = self._new_client(connection)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            self._note_error(f"cannot set up the MQTT client (TLS files, password file): {exc}")
+            return None
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
+        props.MaximumPacketSize = MAX_INCOMING_PACKET
         try:
             await asyncio.to_thread(
                 client.connect, m.host, m.port, m.keepalive_s, clean_start=True, properties=props
@@ -274,9 +318,11 @@ class Link:
         client.loop_start()
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while True:
-            try:
-                event = await asyncio.wait_for(self._events.get(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
+            event = await self._next_event(deadline - time.monotonic(), self._stopping)
+            if self._stopping.is_set():
+                await self._teardown(client)
+                return None
+            if event is None:
                 self._note_error(f"no CONNACK from {m.host}:{m.port} within {CONNECT_TIMEOUT_S:.0f} s")
                 await self._teardown(client)
                 return None
@@ -301,6 +347,7 @@ class Link:
             s.reconnects += 1
         s.connected, s.connection, s.connected_since = True, connection, time.monotonic()
         s.receive_maximum, s.maximum_packet_size, s.last_error = receive_max, max_packet, ""
+        self._outbox_errors.clear()
         log.info(
             "connected to %s:%d (connection %d, broker receive maximum %s, maximum packet size %s)",
             self.config.mqtt.host,
@@ -325,40 +372,62 @@ class Link:
         self.stats.connected_since = None
         self._flights.clear()
         self._mids.clear()
+        self._awaiting.clear()
         self._retry.clear()
-        self.stats.in_flight = 0
+        self.stats.in_flight = self.stats.awaiting_puback = 0
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _next_event(self, timeout: float, wake: asyncio.Event) -> _Event | None:
+        """The next event from paho, or None when ``wake`` is set or ``timeout`` passed."""
+        get = asyncio.ensure_future(self._events.get())
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {get, woken}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            woken.cancel()
+            if not get.done():
+                get.cancel()  # an event it was about to take stays in the queue
+        if get in done and not get.cancelled():
+            return get.result()
+        return None
 
     # ------------------------------------------------------------------------- one connected session
 
     async def _session(self, client: mqtt.Client) -> None:
         self._client = client
         client.subscribe(self.topic_ack, qos=1)
-        client.publish(
-            self.topic_status, self._status_payload("online", self.stats.connection), qos=1, retain=True
-        )
-        await self._publish_health(client)
+        self._publish_status(client, "online")
+        self._health_now.set()  # the health task publishes at once
         health_task = asyncio.create_task(self._health_loop(client), name="link-health")
         cursor = 0  # every undelivered packet is (re)sent after a (re)connect
         exhausted = False
+        paused_until = 0.0  # after an outbox failure, the drain waits before it reads again
         try:
             while not self._stopping.is_set():
                 if self._wake.is_set():
                     self._wake.clear()
                     exhausted = False
-                cursor, exhausted = await self._fill_window(client, cursor, exhausted)
-                try:
-                    event = await asyncio.wait_for(self._next_event_or_wake(), TICK_S)
-                except TimeoutError:
-                    event = None
+                if time.monotonic() >= paused_until:
+                    try:
+                        cursor, exhausted = await self._fill_window(client, cursor, exhausted)
+                    except Exception as exc:
+                        self._drain_failed("filling the window", exc)
+                        paused_until = time.monotonic() + OUTBOX_RETRY_S
+                event = await self._next_event(TICK_S, self._wake)
                 if isinstance(event, _Disconnected) and event.client is client:
                     self._note_error(f"link lost: {event.reason}")
                     return
                 if event is not None:
-                    await self._handle(client, event)
+                    try:
+                        await self._handle(client, event)
+                    except Exception as exc:
+                        self._drain_failed("handling a broker event", exc)
+                        paused_until = time.monotonic() + OUTBOX_RETRY_S
                 self._expire_flights()
             await self._goodbye(client)
         finally:
@@ -367,59 +436,84 @@ class Link:
                 await health_task
             self._client = None
 
-    async def _next_event_or_wake(self) -> _Event | None:
-        get = asyncio.ensure_future(self._events.get())
-        wake = asyncio.ensure_future(self._wake.wait())
-        try:
-            done, _ = await asyncio.wait({get, wake}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            if not get.done():
-                get.cancel()
-        if get in done and not get.cancelled():
-            return get.result()
-        return None
+    def _drain_failed(self, doing: str, exc: Exception) -> None:
+        if not isinstance(exc, _OutboxFailed):  # an outbox failure is logged where it happened
+            log.exception("the drain failed while %s; trying again in %.0f s", doing, OUTBOX_RETRY_S)
+            self.stats.last_error = f"drain failure while {doing}: {type(exc).__name__}: {exc}"
+            self.health_changed()
+
+    def _receive_maximum(self) -> int:
+        return self.stats.receive_maximum or 65535
 
     def _window(self) -> int:
-        receive_max = self.stats.receive_maximum or 65535
-        return max(1, min(self.config.mqtt.window, receive_max))
+        return max(1, min(self.config.mqtt.window, self._receive_maximum()))
+
+    def _room(self) -> int:
+        """How many packets may be published now: the window, and the broker's Receive Maximum."""
+        return min(self._window() - len(self._flights), self._receive_maximum() - len(self._awaiting))
 
     async def _fill_window(self, client: mqtt.Client, cursor: int, exhausted: bool) -> tuple[int, bool]:
-        room = self._window() - len(self._flights)
+        """Publish retries that are due, then packets after ``cursor``; returns (cursor, exhausted).
+
+        Room is looked at again after every outbox read: the health task may have taken a
+        slot under the broker's Receive Maximum meanwhile."""
         now = time.monotonic()
-        due = [pid for pid, at in self._retry.items() if at <= now][: max(room, 0)]
-        for packet_id in due:
-            del self._retry[packet_id]
-            loaded = await self._db(self._load, packet_id)
+        for packet_id in [pid for pid, at in self._retry.items() if at <= now]:
+            if self._room() <= 0:
+                return cursor, exhausted
+            loaded = await self._db("load a packet to send again", self._load, packet_id)
+            if loaded is not None and self._room() <= 0:
+                return cursor, exhausted  # still due: it goes at the next look
+            del self._retry[packet_id]  # only now: a failed load leaves it due
             if loaded is not None:  # None: delivered or rejected meanwhile
                 self._publish(client, packet_id, loaded[0], loaded[1], again=True)
-                room -= 1
+        room = self._room()
         if room <= 0 or exhausted:
             return cursor, exhausted
-        batch = await self._db(lambda: self.outbox.next_batch(cursor, room, include_sent=True))
+        batch = await self._db(
+            "read the next packets", lambda: self.outbox.next_batch(cursor, room, include_sent=True)
+        )
         for item in batch:
+            skip = item.packet_id in self._flights or item.packet_id in self._retry
+            if skip or self._too_big(item.packet_id, len(item.data)):
+                pass
+            elif self._room() <= 0:
+                return cursor, False  # this one and the rest are read again at the next look
+            else:
+                self._publish(client, item.packet_id, item.seq, item.data)
             cursor = max(cursor, item.seq)
-            if item.packet_id in self._flights or item.packet_id in self._retry:
-                continue
-            if self._too_big(item.packet_id, len(item.data)):
-                continue
-            self._publish(client, item.packet_id, item.seq, item.data)
         return cursor, len(batch) < room
 
-    def _too_big(self, packet_id: str, size: int) -> bool:
+    def _fits(self, size: int, overhead: int = MQTT_OVERHEAD) -> bool:
         limit = self.stats.maximum_packet_size
-        if limit is None or size + MQTT_OVERHEAD <= limit:
+        return limit is None or size + overhead <= limit
+
+    def _too_big(self, packet_id: str, size: int) -> bool:
+        if self._fits(size):
+            if packet_id in self.stats.oversize:  # the broker's limit went up: it goes now
+                self.stats.oversize.discard(packet_id)
+                self.health_changed()
             return False
         if packet_id not in self.stats.oversize:
             self.stats.oversize.add(packet_id)
             log.error(
                 "packet %s is %d bytes, over the broker's maximum packet size %d: kept in the outbox, not sent; "
-                "raise the broker's message_size_limit or export the packet (`ektp-agent export`)",
+                "raise the broker's max_packet_size or export the packet (`ektp-agent export`)",
                 packet_id,
                 size,
-                limit,
+                self.stats.maximum_packet_size,
             )
             self.health_changed()
+        return True
+
+    def _track(self, info: mqtt.MQTTMessageInfo, what: str) -> bool:
+        """Count a QoS 1 publish against the broker's Receive Maximum until its PUBACK."""
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._awaiting[info.mid] = what
+        s = self.stats
+        s.awaiting_puback = len(self._awaiting)
+        s.awaiting_puback_peak = max(s.awaiting_puback_peak, s.awaiting_puback)
         return True
 
     def _publish(
@@ -428,20 +522,41 @@ class Link:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.UserProperty = [("packet-id", packet_id), ("seq", str(seq)), ("kiosk", self.kiosk)]
         info = client.publish(self.topic_enrollment, data, qos=1, properties=props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        if not self._track(info, "enrollment"):
             self._retry[packet_id] = time.monotonic() + RETRY_AFTER_REFUSAL_S
             return
         self._flights[packet_id] = Flight(packet_id, seq, time.monotonic(), info.mid)
         self._mids[info.mid] = packet_id
-        self.stats.published += 1
-        self.stats.republished += int(again)
-        self.stats.in_flight = len(self._flights)
+        s = self.stats
+        s.published += 1
+        s.republished += int(again)
+        s.in_flight = len(self._flights)
+        s.in_flight_peak = max(s.in_flight_peak, s.in_flight)
+
+    def _publish_status(self, client: mqtt.Client, state: str) -> mqtt.MQTTMessageInfo:
+        info = client.publish(
+            self.topic_status, self._status_payload(state, self.stats.connection), qos=1, retain=True
+        )
+        self._track(info, "status")
+        return info
 
     async def _handle(self, client: mqtt.Client, event: _Event) -> None:
         if isinstance(event, _Published) and event.client is client:
+            what = self._awaiting.pop(event.mid, None)
+            self.stats.awaiting_puback = len(self._awaiting)
+            self._slot_freed.set()
             packet_id = self._mids.pop(event.mid, None)
             flight = self._flights.get(packet_id) if packet_id else None
             if flight is None or packet_id is None:
+                if (
+                    what in ("status", "health")
+                    and event.reason.is_failure
+                    and what not in self._refused_logged
+                ):
+                    self._refused_logged.add(what)
+                    log.warning(
+                        "the broker refused the kiosk's %s message: %s (check its ACL)", what, event.reason
+                    )
                 return  # status/health, or a packet already acked by the centre
             if event.reason.is_failure:
                 # MQTT 5: the broker will not retransmit; nobody has the packet. Try again later.
@@ -454,7 +569,7 @@ class Link:
                 self.stats.in_flight = len(self._flights)
                 return
             flight.pubacked = True
-            await self._db(self.outbox.mark_sent, [packet_id])
+            await self._db("mark a packet sent", self.outbox.mark_sent, [packet_id])
         elif isinstance(event, _Message) and event.topic == self.topic_ack:
             await self._on_ack(event.payload)
 
@@ -469,11 +584,13 @@ class Link:
             return
         delivered = [r.packet_id for r in ack.results if r.status.delivered]
         if delivered:
-            await self._db(self.outbox.mark_delivered, delivered)
+            await self._db("mark packets delivered", self.outbox.mark_delivered, delivered)
         for r in ack.results:
             if r.status is AckStatus.REJECTED:
                 log.error("the centre rejected packet %s: %s (kept on the kiosk)", r.packet_id, r.reason)
-                await self._db(self.outbox.mark_rejected, r.packet_id, r.reason)
+                await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, r.reason)
+        # Only once the outbox holds the outcome: a failure above leaves the flights to time out and
+        # go again, and the centre acks the copy as a duplicate.
         for r in ack.results:
             flight = self._flights.pop(r.packet_id, None)
             if flight is not None:
@@ -487,33 +604,61 @@ class Link:
         for packet_id, flight in list(self._flights.items()):
             if flight.published_at < limit:
                 del self._flights[packet_id]
-                self._mids.pop(flight.mid, None)
+                self._mids.pop(flight.mid, None)  # its PUBACK, if it still comes, still frees its slot
                 self._retry[packet_id] = 0.0
         self.stats.in_flight = len(self._flights)
 
+    # ------------------------------------------------------------------------- health and goodbye
+
     async def _health_loop(self, client: mqtt.Client) -> None:
+        """Health at once (session start, a change) and every interval; nothing here ends the loop."""
         interval = self.config.health.interval_s
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._health_now.wait(), interval)
             self._health_now.clear()
-            await self._publish_health(client)
+            try:
+                await self._publish_health(client)
+            except Exception:
+                log.exception("publishing health failed; trying again at the next interval")
 
     async def _publish_health(self, client: mqtt.Client) -> None:
-        try:
-            doc = await self.health()
-        except Exception:  # health must never take the link down
-            log.exception("building the health snapshot failed")
+        payload = await self._health_payload()
+        if payload is None:
             return
-        client.publish(self.topic_health, json.dumps(doc).encode(), qos=1, retain=True)
+        if not self._fits(len(payload), len(self.topic_health) + 16):  # header, topic, packet id
+            if "health-too-big" not in self._refused_logged:
+                self._refused_logged.add("health-too-big")
+                log.error(
+                    "the health snapshot (%d bytes) is over the broker's maximum packet size %s: not published",
+                    len(payload),
+                    self.stats.maximum_packet_size,
+                )
+            return
+        while len(self._awaiting) >= self._receive_maximum():  # keep under the broker's Receive Maximum
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._track(client.publish(self.topic_health, payload, qos=1, retain=True), "health")
+
+    async def _health_payload(self) -> bytes | None:
+        """The snapshot as JSON, None if it cannot be built (logged; health never takes the link down)."""
+        try:
+            return json.dumps(await self.health()).encode()
+        except Exception:
+            log.exception("building the health snapshot failed")
+            return None
 
     async def _goodbye(self, client: mqtt.Client) -> None:
-        """A clean stop: the Will is not sent on a clean disconnect, so say offline ourselves."""
-        info = client.publish(
-            self.topic_status, self._status_payload("offline", self.stats.connection), qos=1, retain=True
-        )
+        """A clean stop: the Will is not sent on a clean disconnect, so say offline ourselves.
+
+        This last publish may go one over the broker's Receive Maximum; a broker that
+        enforces it closes the connection, and then the Will says offline just the same.
+        """
+        info = self._publish_status(client, "offline")
         with contextlib.suppress(Exception):
             await asyncio.to_thread(info.wait_for_publish, STOP_PUBLISH_WAIT_S)
+
+    # ------------------------------------------------------------------------- the outbox
 
     def _load(self, packet_id: str) -> tuple[int, bytes] | None:
         """(seq, bytes) of a packet still awaiting delivery; runs on the outbox's thread."""
@@ -524,9 +669,26 @@ class Link:
         data = self.outbox.get(packet_id)
         return None if data is None else (info.seq, data)
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _db(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the outbox's thread. :raises _OutboxFailed: it raised (logged, shown in health)"""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_executor, lambda: fn(*args))
+        try:
+            result = await loop.run_in_executor(self._db_executor, lambda: fn(*args))
+        except Exception as exc:
+            message = f"outbox: cannot {action}: {type(exc).__name__}: {exc}"
+            self.stats.outbox_errors += 1
+            if self._outbox_errors.get(action) != message:
+                log.error("%s; the drain goes on and tries again", message, exc_info=exc)
+                self.health_changed()
+            self._outbox_errors[action] = message
+            self.stats.last_error = message
+            raise _OutboxFailed(message) from exc
+        if self._outbox_errors.pop(action, None) is not None:
+            log.info("outbox: %s works again", action)
+            remaining = list(self._outbox_errors.values())
+            self.stats.last_error = remaining[-1] if remaining else ""
+            self.health_changed()
+        return result
 
 
 def _now_rfc3339() -> str:

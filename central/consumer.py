@@ -7,6 +7,11 @@ in one transaction (group commit), publish one signed ack per kiosk, and only th
 each message (``manual_ack``), so a crash before the commit makes the broker or the kiosk
 send the packet again. Status and health use plain subscriptions (MQTT 5 sends no
 retained messages to shared subscriptions, and every consumer should see the fleet).
+
+A PUBACK goes only on the connection that delivered the message: packet ids belong to
+one connection, and after a reconnect the same id names another message. A store that
+fails is tried again with backoff (nothing is PUBACKed or acked until it works); the
+consumer never dies of it, and the kiosks send again whatever is not acked.
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ from agent.keys import CentralPrivateKeys
 from agent.packet import PacketError, read_header
 from central.config import CentralConfig
 from central.ingest import Ingestor
-from central.store import CentralStore
+from central.store import CentralStore, StoreError
 
 log = logging.getLogger("ektp.central")
 
 BATCH_MAX = 64  # messages handled in one store transaction
 BATCH_LINGER_S = 0.01  # wait this long for more messages to join a batch
 MAX_JSON = 256 * 1024
+STORE_RETRY_MIN_S = 0.5  # a failed batch is stored again after this, doubling up to the max
+STORE_RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class _Incoming:
     mid: int
     qos: int
     client: mqtt.Client
+    connection: int  # which connection of the client delivered it (packet ids are per connection)
 
 
 class CentralConsumer:
@@ -63,6 +71,7 @@ class CentralConsumer:
         self._stop = threading.Event()
         self.counts: dict[str, int] = defaultdict(int)
         self.connected = threading.Event()
+        self._connection = 0  # counts CONNACKs; written and read on paho's thread, read by the worker
 
     def stop(self) -> None:
         self._stop.set()
@@ -83,6 +92,9 @@ class CentralConsumer:
                 client.disconnect()
             client.loop_stop()
             store.close()
+            with contextlib.suppress(queue.Empty):  # not PUBACKed: the broker or the kiosk sends them again
+                while True:
+                    self._incoming.get_nowait()
 
     # ------------------------------------------------------------------------- MQTT
 
@@ -110,6 +122,7 @@ class CentralConsumer:
             if rc.is_failure:
                 log.warning("broker %s:%d refused the connection: %s", m.host, m.port, rc)
                 return
+            self._connection += 1
             c.subscribe([(shared, 1), (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/health", 1)])
             log.info("connected to %s:%d; consuming %s", m.host, m.port, shared)
             self.connected.set()
@@ -119,7 +132,9 @@ class CentralConsumer:
             log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)
 
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            self._incoming.put(_Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c))
+            self._incoming.put(
+                _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c, self._connection)
+            )
 
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
         return client
@@ -183,20 +198,54 @@ class CentralConsumer:
             store.record_health(kiosk, doc)
 
     def _ingest(self, store: CentralStore, client: mqtt.Client, items: list[tuple[_Incoming, str]]) -> None:
+        """Store the batch (again and again while the store fails), then ack it, then PUBACK it."""
+        acks = self._store_until_done(store, [(msg.payload, kiosk) for msg, kiosk in items])
+        if acks is None:
+            return  # stopping with the batch unstored: no ack, no PUBACK; the kiosks send it again
+        for kiosk, ack_results in acks.items():
+            payload = sign_ack(kiosk, ack_results, self.keys.signing)
+            client.publish(f"{self.prefix}/{kiosk}/ack", payload, qos=1)
+        for msg, _ in items:  # PUBACK only now: the batch is durable and acknowledged
+            self._puback(msg)
+
+    def _store_until_done(
+        self, store: CentralStore, items: list[tuple[bytes, str]]
+    ) -> dict[str, list[AckResult]] | None:
+        """The ack results of a stored batch; None if the consumer stopped while the store failed."""
+        delay = STORE_RETRY_MIN_S
+        while True:
+            try:
+                return self._store(store, items)
+            except Exception as exc:
+                self.counts["store_errors"] += 1
+                log.error(
+                    "storing a batch of %d packets failed: %s; nothing of it acked, trying again in %.1f s",
+                    len(items),
+                    f"{type(exc).__name__}: {exc}",  # a string: the record must not keep the frames alive
+                    delay,
+                    exc_info=not isinstance(exc, StoreError),  # a StoreError's message says it all
+                )
+            if self._stop.wait(delay):
+                log.warning("stopping with %d packets not stored: the kiosks send them again", len(items))
+                return None
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    def _store(self, store: CentralStore, items: list[tuple[bytes, str]]) -> dict[str, list[AckResult]]:
+        """Quarantine or store each (payload, topic's kiosk) durably; the ack results per kiosk."""
         acks: dict[str, list[AckResult]] = defaultdict(list)
-        accepted: list[tuple[_Incoming, str]] = []
-        for msg, kiosk in items:
-            claimed = _claimed_kiosk(msg.payload)
+        accepted: list[tuple[bytes, str]] = []
+        for payload, kiosk in items:
+            claimed = _claimed_kiosk(payload)
             if claimed is not None and claimed[1] != kiosk:
                 # With per-kiosk ACLs a kiosk can only publish under its own id.
                 reason = f"packet of kiosk {claimed[1]} published under kiosk {kiosk}'s topic"
-                store.quarantine(msg.payload, kiosk_hint=kiosk, reason=reason)
+                store.quarantine(payload, kiosk_hint=kiosk, reason=reason)
                 acks[kiosk].append(AckResult(claimed[0], AckStatus.REJECTED, reason))
                 self.counts["rejected"] += 1
             else:
-                accepted.append((msg, kiosk))
-        results = Ingestor(store, self.keys).ingest_many([m.payload for m, _ in accepted], "mqtt")
-        for (_msg, kiosk), result in zip(accepted, results, strict=True):
+                accepted.append((payload, kiosk))
+        results = Ingestor(store, self.keys).ingest_many([p for p, _ in accepted], "mqtt")
+        for (_payload, kiosk), result in zip(accepted, results, strict=True):
             self.counts[result.status] += 1
             if result.packet_id is not None:
                 acks[kiosk].append(AckResult(result.packet_id, AckStatus(result.status), result.reason))
@@ -204,14 +253,10 @@ class CentralConsumer:
                 log.warning(
                     "unreadable message on kiosk %s's enrollment topic quarantined: %s", kiosk, result.reason
                 )
-        for kiosk, ack_results in acks.items():
-            payload = sign_ack(kiosk, ack_results, self.keys.signing)
-            client.publish(f"{self.prefix}/{kiosk}/ack", payload, qos=1)
-        for msg, _ in items:  # PUBACK only now: the batch is durable and acknowledged
-            self._puback(msg)
+        return acks
 
     def _puback(self, msg: _Incoming) -> None:
-        if msg.qos > 0:
+        if msg.qos > 0 and msg.connection == self._connection:  # else the broker resends it (or the kiosk)
             with contextlib.suppress(Exception):  # the connection may be gone; the kiosk re-sends
                 msg.client.ack(msg.mid, msg.qos)
 

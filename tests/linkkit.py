@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse_config
 from agent.keys import (
@@ -30,7 +35,7 @@ from agent.packet import SealedPacket, seal
 from agent.record import EnrollmentRecord
 from central.config import CentralConfig, CentralMqtt
 from central.consumer import CentralConsumer
-from central.store import open_store
+from central.store import CentralStore, open_store
 from tests.factories import record_from_resident
 
 _RECORD: EnrollmentRecord | None = None
@@ -67,7 +72,14 @@ class Centre:
     """``CentralConsumer`` on a thread, over a SQLite store in ``root``."""
 
     def __init__(
-        self, root: Path, port: int, keys: Keys, *, client_id: str = "centre-1", prefix: str = "ektp/v1"
+        self,
+        root: Path,
+        port: int,
+        keys: Keys,
+        *,
+        client_id: str = "centre-1",
+        prefix: str = "ektp/v1",
+        wrap_store: Callable[[CentralStore], CentralStore] | None = None,
     ) -> None:
         self.db = root / "central.db"
         self.config = CentralConfig(
@@ -78,7 +90,8 @@ class Centre:
         store = open_store(str(self.db))
         store.add_kiosk(keys.kiosk_id, public_path(keys.kiosk_path).read_bytes(), replace=True)
         store.close()
-        self.consumer = CentralConsumer(self.config, keys.central, lambda: open_store(str(self.db)))
+        wrap = wrap_store or (lambda store: store)
+        self.consumer = CentralConsumer(self.config, keys.central, lambda: wrap(open_store(str(self.db))))
         self.thread = threading.Thread(target=self.consumer.run, name=f"centre-{client_id}", daemon=True)
         self.thread.start()
         wait_for(self.consumer.connected.is_set, 10, "the centre to connect")
@@ -94,6 +107,13 @@ class Centre:
         store = open_store(str(self.db))
         try:
             return store.status(kiosk)
+        finally:
+            store.close()
+
+    def health(self, kiosk: str) -> dict[str, Any] | None:
+        store = open_store(str(self.db))
+        try:
+            return store.health(kiosk)
         finally:
             store.close()
 
@@ -115,6 +135,7 @@ class Kiosk:
         window: int = 8,
         ack_timeout_s: float = 5.0,
         health_s: float = 1.0,
+        health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.keys = keys
         self.root = root
@@ -135,7 +156,7 @@ class Kiosk:
             self.outbox,
             load_central_public(public_path(keys.central_path)),
             db=self.db,
-            health=self._health,
+            health=health or self._health,
         )
         self.thread = threading.Thread(target=self._run, name="kiosk-link", daemon=True)
         self.thread.start()
@@ -152,31 +173,32 @@ class Kiosk:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.link.run())
 
-    def commit(self, n: int) -> list[SealedPacket]:
-        record = small_record()
-
-        def one() -> SealedPacket:
-            made: list[SealedPacket] = []
-
-            def build(seq: int) -> SealedPacket:
-                p = seal(
-                    record,
-                    kiosk_id=self.keys.kiosk_id,
-                    seq=seq,
-                    kiosk_key=self.keys.kiosk,
-                    central_public=self.keys.central.encryption.public_key(),
-                    clock_synced=True,
-                )
-                made.append(p)
-                return p
-
-            self.outbox.commit(build)
-            return made[-1]
-
-        out = [self.db.submit(one).result() for _ in range(n)]
-        self.receipts.extend(out)
+    def commit(self, n: int, record: EnrollmentRecord | None = None) -> list[SealedPacket]:
+        """Commit ``n`` packets of ``record`` (default: a synthetic resident, ~230 KB a packet)."""
+        out = [self.db.submit(self.commit_on_outbox_thread, record).result() for _ in range(n)]
         self.loop.call_soon_threadsafe(self.link.wake)
         return out
+
+    def commit_on_outbox_thread(self, record: EnrollmentRecord | None = None) -> SealedPacket:
+        """Commit one packet; call it on the outbox's own thread (or from a wrapper running there)."""
+        record = record or small_record()
+        made: list[SealedPacket] = []
+
+        def build(seq: int) -> SealedPacket:
+            p = seal(
+                record,
+                kiosk_id=self.keys.kiosk_id,
+                seq=seq,
+                kiosk_key=self.keys.kiosk,
+                central_public=self.keys.central.encryption.public_key(),
+                clock_synced=True,
+            )
+            made.append(p)
+            return p
+
+        self.outbox.commit(build)
+        self.receipts.append(made[-1])
+        return made[-1]
 
     def stats(self) -> Any:
         return self.db.submit(self.outbox.stats).result()
@@ -189,3 +211,59 @@ class Kiosk:
         self.loop.close()
         self.db.submit(self.outbox.close).result()
         self.db.shutdown()
+
+
+_watcher_ids = itertools.count(1)
+
+
+class Watcher:
+    """An independent MQTT v5 subscriber that records what the broker hands out."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"watcher-{next(_watcher_ids)}", protocol=mqtt.MQTTv5
+        )
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_for(self.subscribed.is_set, 10, f"the watcher's subscription to {topic}")
+
+    def _on(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.msgs.append((m.topic, bytes(m.payload), bool(m.retain)))
+
+    def last(self, suffix: str) -> tuple[str, bytes, bool] | None:
+        with self.lock:
+            found = [m for m in self.msgs if m[0].endswith(suffix)]
+        return found[-1] if found else None
+
+    def statuses(self, kiosk: str) -> list[dict[str, Any]]:
+        """Every status document of ``kiosk`` seen so far, in order."""
+        with self.lock:
+            return [json.loads(p) for t, p, _r in self.msgs if t.endswith(f"/{kiosk}/status") and p]
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.client.on_message = self.client.on_connect = self.client.on_subscribe = None
+
+
+def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> None:
+    rows = centre.packets()
+    ids = [r["packet_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a packet is stored twice at the centre"
+    assert set(ids) == {p.packet_id for p in kiosk.receipts}
+    assert sorted(r["seq"] for r in rows) == list(range(1, len(kiosk.receipts) + 1))
+
+
+def all_delivered(kiosk: Kiosk) -> bool:
+    s = kiosk.stats()
+    return bool(s.delivered == len(kiosk.receipts) and s.pending == 0 and s.sent == 0)

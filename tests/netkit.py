@@ -1,11 +1,13 @@
 """Real network parts for tests: a Mosquitto broker on a free loopback port with its own
-config (start, stop, kill, restart on the same port), and a TCP proxy the test controls
-(drop every connection, stall without closing, throttle)."""
+config (start, stop, kill, restart on the same port, with a new config if need be), and a
+TCP proxy the test controls (drop every connection, cut only the client's side and leave
+the broker's half open, stall without closing, throttle, count connections)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -49,11 +52,22 @@ class Broker:
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n{extra_config}"
-        )
+        self.configure(extra_config)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def configure(self, extra_config: str = "") -> None:
+        """(Re)write the config; a running broker reads it at its next start.
+
+        Run as root, Mosquitto drops to the user "mosquitto", which cannot open the log or an
+        ACL file in the test's private directory: it stays the test's user here."""
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name}\n" if os.getuid() == 0 else ""
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n{extra_config}\n"
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -101,7 +115,9 @@ class TcpProxy:
         self.stalled = threading.Event()
         self.refusing = threading.Event()
         self.bytes_per_s: float | None = None
+        self.accepted = 0  # connections forwarded so far
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._held: list[socket.socket] = []  # broker-side halves left open by cut_client_side()
         self._lock = threading.Lock()
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
@@ -117,6 +133,24 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
 
+    def cut_client_side(self) -> None:
+        """Close only the client's side of every connection: the broker's side stays open and
+        silent (a half-open TCP connection, as when a mobile link changes address)."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._held.extend(upstream for _client, upstream in pairs)
+        for client, _upstream in pairs:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
+
+    def release_held(self) -> None:
+        """Close the broker-side halves that cut_client_side() left open."""
+        with self._lock:
+            held, self._held = self._held, []
+        for s in held:
+            s.close()
+
     def stall(self, on: bool = True) -> None:
         """Stop forwarding without closing anything (a link that hangs)."""
         (self.stalled.set if on else self.stalled.clear)()
@@ -129,6 +163,7 @@ class TcpProxy:
         os.write(self._stop_w, b"x")
         self._thread.join(5)
         self.drop()
+        self.release_held()
         self.listener.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
@@ -138,7 +173,8 @@ class TcpProxy:
             with self._lock:
                 socks = [s for pair in self._pairs for s in pair]
             readable = [] if self.stalled.is_set() else socks
-            r, _, _ = select.select([self.listener, self._stop_r, *readable], [], [], 0.05)
+            watched: list[Any] = [self.listener, self._stop_r, *readable]
+            r, _, _ = select.select(watched, [], [], 0.05)
             if self._stop_r in r:
                 return
             if self.listener in r:
@@ -153,6 +189,7 @@ class TcpProxy:
                     else:
                         with self._lock:
                             self._pairs.append((conn, upstream))
+                            self.accepted += 1
             for s in r:
                 if s in (self.listener, self._stop_r):
                     continue

@@ -4,16 +4,14 @@ restarts, link cuts and stalls, a stopped centre, and hostile acks."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.ack import AckResult, AckStatus, sign_ack
-from tests.linkkit import Centre, Keys, Kiosk, wait_for
+from tests.linkkit import Centre, Keys, Kiosk, Watcher, all_delivered, assert_exactly_once, wait_for
 from tests.netkit import Broker, TcpProxy
 
 KIOSK = "320715-01"
@@ -32,56 +30,13 @@ def keys(tmp_path: Path) -> Keys:
     return Keys(tmp_path, KIOSK)
 
 
-class Watcher:
-    """An independent MQTT v5 subscriber that records what the broker hands out."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.msgs: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_message = self._on
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.msgs.append((m.topic, bytes(m.payload), bool(m.retain)))
-
-    def last(self, suffix: str) -> tuple[str, bytes, bool] | None:
-        with self.lock:
-            found = [m for m in self.msgs if m[0].endswith(suffix)]
-        return found[-1] if found else None
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.client.on_message = self.client.on_connect = None
-
-
-def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> None:
-    rows = centre.packets()
-    ids = [r["packet_id"] for r in rows]
-    assert len(ids) == len(set(ids)), "a packet is stored twice at the centre"
-    assert set(ids) == {p.packet_id for p in kiosk.receipts}
-    assert sorted(r["seq"] for r in rows) == list(range(1, len(kiosk.receipts) + 1))
-
-
-def all_delivered(centre: Centre, kiosk: Kiosk) -> bool:
-    s = kiosk.stats()
-    return s.delivered == len(kiosk.receipts) and s.pending == 0 and s.sent == 0
-
-
 def test_drain_end_to_end_status_and_health(tmp_path: Path, broker: Broker, keys: Keys) -> None:
     centre = Centre(tmp_path / "c", broker.port, keys)
     watcher = Watcher(broker.port, "ektp/v1/#")
     kiosk = Kiosk(tmp_path / "k", broker.port, keys)
     try:
         kiosk.commit(25)
-        wait_for(lambda: all_delivered(centre, kiosk), 30, "all 25 packets delivered")
+        wait_for(lambda: all_delivered(kiosk), 30, "all 25 packets delivered")
         assert_exactly_once(centre, kiosk)
         wait_for(lambda: watcher.last("/health") is not None, 10, "a health message")
         status = watcher.last(f"{KIOSK}/status")
@@ -116,7 +71,7 @@ def test_broker_killed_and_restarted_mid_drain(tmp_path: Path, broker: Broker, k
             broker.kill()
             kiosk.commit(5)  # enrollments go on while the broker is down
             broker.start()
-        wait_for(lambda: all_delivered(centre, kiosk), 60, "every packet delivered after the restarts")
+        wait_for(lambda: all_delivered(kiosk), 60, "every packet delivered after the restarts")
         assert_exactly_once(centre, kiosk)
         assert kiosk.link.stats.reconnects >= 3
     finally:
@@ -142,7 +97,7 @@ def test_link_cut_stalled_and_throttled(tmp_path: Path, broker: Broker, keys: Ke
         proxy.drop()
         proxy.stall(False)
         proxy.bytes_per_s = 2_000_000  # throttled
-        wait_for(lambda: all_delivered(centre, kiosk), 60, "every packet delivered")
+        wait_for(lambda: all_delivered(kiosk), 60, "every packet delivered")
         assert_exactly_once(centre, kiosk)
     finally:
         kiosk.stop()
@@ -159,7 +114,7 @@ def test_centre_away_packets_stay_sent_and_are_resent(tmp_path: Path, broker: Br
         assert kiosk.stats().delivered == 0
         wait_for(lambda: kiosk.link.stats.republished >= 4, 20, "unacked packets sent again")
         centre = Centre(tmp_path / "c", broker.port, keys)
-        wait_for(lambda: all_delivered(centre, kiosk), 30, "delivery once the centre is back")  # type: ignore[arg-type]
+        wait_for(lambda: all_delivered(kiosk), 30, "delivery once the centre is back")
         assert_exactly_once(centre, kiosk)
     finally:
         kiosk.stop()
@@ -180,9 +135,13 @@ def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys)
         other_kiosk = sign_ack("320715-02", results, keys.central.signing)  # the centre's, but not for us
         garbage = [b"", b"\x00" * 10, b"EKTA" + b"\xff" * 200, json.dumps({"ids": ids}).encode()]
         truncated = sign_ack(KIOSK, results, keys.central.signing)[:-1]
-        for payload in [forged, other_kiosk, truncated, *garbage]:
+        huge = b"EKTA\x01" + b"\xff" * (2 << 20)  # over the Maximum Packet Size the kiosk announces
+        for payload in [huge, forged, other_kiosk, truncated, *garbage]:
             attacker.publish(topic, payload)
         wait_for(lambda: sum(kiosk.link.stats.ignored_acks.values()) >= 7, 10, "every bad ack looked at")
+        assert sum(kiosk.link.stats.ignored_acks.values()) == 7, (
+            "the broker handed the kiosk 2 MiB of garbage"
+        )
         s = kiosk.stats()
         assert s.delivered == 0 and s.sent == 6, "a hostile ack deleted something"
         assert kiosk.thread.is_alive()
