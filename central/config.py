@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ class CentralMqtt:
     host: str = "localhost"
     port: int = 1883
     topic_prefix: str = "ektp/v1"
-    client_id: str = field(default_factory=lambda: f"ektp-central-{os.getpid()}")
+    client_id: str = field(default_factory=lambda: f"ektp-central-{socket.gethostname()}-{os.getpid()}")
     share_group: str = "ektp-central"
     tls: bool = False
     ca_file: Path | None = None
@@ -28,6 +29,9 @@ class CentralMqtt:
     key_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
+    session_expiry_s: int = 300  # the broker keeps our session (and queues for it) across a short disconnect
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 5  # a few consumers, not a fleet: come back quickly after a broker restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ _KEYS: dict[str, dict[str, type]] = {
         "key_file": Path,
         "username": str,
         "password_file": Path,
+        "session_expiry_s": int,
+        "reconnect_min_s": int,
+        "reconnect_max_s": int,
     },
     "store": {"url": str, "quarantine_dir": Path},
     "keys": {"central_private_key": Path},

@@ -29,6 +29,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.ack import AckResult, AckStatus, sign_ack
@@ -81,7 +83,13 @@ class CentralConsumer:
         client = self._client()
         try:
             m = self.config.mqtt
-            client.connect_async(m.host, m.port, keepalive=30, clean_start=True)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = m.session_expiry_s
+            # A fresh session at start (no stale one of a dead process), then the same
+            # session across reconnects: what the broker queued meanwhile is delivered.
+            client.connect_async(
+                m.host, m.port, keepalive=30, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props
+            )
             client.loop_start()
             while not self._stop.is_set():
                 batch = self._take_batch()
@@ -104,7 +112,7 @@ class CentralConsumer:
             CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         client.suppress_exceptions = True
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.max_queued_messages_set(0)
         if m.tls:
             client.tls_set(
