@@ -403,14 +403,25 @@ class Outbox:
             raise ValueError(f"limit must be positive, got {limit}")
         sql = _BATCH_SQL_WITH_SENT if include_sent else _BATCH_SQL
         rows = self._read(lambda c: c.execute(sql, (after_seq, limit)).fetchall())
-        batch = []
+        batch, bodiless = [], []
         for seq, packet_id, created_at, state, attempts, data in rows:
             if data is None:
-                raise StoreCorrupt(
-                    f"the body of packet seq={seq} ({packet_id}) is missing from {self._path}",
-                    path=self._path,
-                )
+                bodiless.append((seq, packet_id))
+                continue
             batch.append(StoredPacket(packet_id, seq, created_at, state, attempts, data))
+        for seq, packet_id in bodiless:
+            # Damage, not a state: the packet cannot be sent. Say so loudly and park it where
+            # the technician sees it, rather than stop the drain of every later packet.
+            log.error(
+                "outbox %s: the body of packet seq=%d (%s) is missing; marked rejected",
+                self._path,
+                seq,
+                packet_id,
+            )
+            if not self._readonly:
+                self.mark_rejected(packet_id, "body missing from the kiosk's outbox (storage damage)")
+        if bodiless and not batch and len(rows) == limit:
+            return self.next_batch(rows[-1][0], limit, include_sent=include_sent)
         return batch
 
     def iter_pending(

@@ -572,3 +572,14 @@ def test_salvage_killed_after_the_move_is_adopted(db: Path, tmp_path: Path) -> N
         assert [q.packet_id for q in ob.undelivered()] == [r.packet_id for r in receipts]
         assert ob.commit(_builder(10)).seq == 5
     assert not Path(f"{db}.salvage").exists()
+
+
+def test_a_missing_body_is_parked_as_rejected_and_the_drain_goes_on(outbox: Outbox, db: Path) -> None:
+    receipts = _commit(outbox, 5)
+    with sqlite3.connect(db) as raw:  # storage damage: one body row gone
+        raw.execute("DELETE FROM bodies WHERE seq = ?", (receipts[1].seq,))
+    batch = outbox.next_batch(0, 10)
+    assert [p.seq for p in batch] == [r.seq for r in receipts if r is not receipts[1]]
+    info = outbox.info(receipts[1].packet_id)
+    assert info is not None and info.state == "rejected" and "missing" in (info.reason or "")
+    assert [p.seq for p in outbox.next_batch(0, 10)] == [p.seq for p in batch]
