@@ -40,6 +40,7 @@ log = logging.getLogger("ektp.service")
 
 STATUS_EVERY_S = 5.0  # systemd STATUS= refresh
 MONITOR_MIN_S = 0.5
+LINK_RESTART_S = 1.0
 T = TypeVar("T")
 
 
@@ -95,7 +96,7 @@ class Service:
         self.notifier.ready(self._summary())
         log.info("ready: kiosk %s, %s", self.config.kiosk.id, self._summary())
         tasks = [
-            asyncio.create_task(self.link.run(), name="link"),  # type: ignore[union-attr]
+            asyncio.create_task(self._supervise_link(), name="link"),
             asyncio.create_task(self._monitor(), name="monitor"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
@@ -103,6 +104,21 @@ class Service:
         self.notifier.stopping()
         await self._shutdown(tasks)
         return 0
+
+    async def _supervise_link(self) -> None:
+        """The link handles network and outbox trouble itself; should a bug still end it,
+        log it and start it again rather than run on silently without a link."""
+        assert self.link is not None
+        while True:
+            try:
+                await self.link.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the MQTT link stopped on an unexpected error; restarting it")
+            if self.stopping.is_set():
+                return
+            await asyncio.sleep(LINK_RESTART_S)
 
     def _on_signal(self, sig: int) -> None:
         log.info("%s: stopping", signal.Signals(sig).name)
