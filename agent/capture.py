@@ -1,10 +1,14 @@
 """The capture session: one resident's face, ten fingers, two irises and signature,
 taken from the drivers and built into an ``EnrollmentRecord``.
 
-Before anything is captured, every peripheral must have passed its last self-test
-(re-tested now if it had not): a peripheral in fault fails the session with a message
-naming it, and nothing is committed. Image encoding runs on the device's thread, never
-on the core loop.
+Before anything is captured, every peripheral is self-tested afresh (the four at once,
+each on its own thread; the pen query's settle time, about 0.3 s, bounds it on a healthy
+kit): a peripheral in fault fails the session with a message naming it, and nothing is
+committed. (The monitor's periodic self-tests go on during sessions too, each queued
+behind the capture on its device's thread.) Each capture reports
+its quality against the driver's floor, and what the driver worked around, to
+``Devices`` (a self-test cannot grade quality). Image encoding runs on the device's
+thread, never on the core loop.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from PIL import Image
 
-from agent.devices import DEVICE_NAMES, Devices
+from agent.devices import DEVICE_NAMES, CaptureReport, Devices
 from agent.nik import validate_nik
 from agent.record import (
     Demographics,
@@ -31,7 +35,14 @@ from agent.record import (
     Signature,
 )
 from drivers.base import Peripheral
+from drivers.camera.device import FaceCamera
 from drivers.errors import DriverError
+from drivers.fingerprint import device as fingerprint_device
+from drivers.fingerprint.device import FingerprintScanner
+from drivers.iris import device as iris_device
+from drivers.iris.device import IrisCamera
+from drivers.signature import device as signature_device
+from drivers.signature.device import SignaturePad
 
 T = TypeVar("T")
 log = logging.getLogger("ektp.capture")
@@ -55,7 +66,7 @@ class Applicant:
 
 
 async def ensure_ready(devices: Devices) -> None:
-    """:raises CaptureError: a peripheral is missing or failed its self-test (re-tested now)"""
+    """Self-test every peripheral now. :raises CaptureError: one is missing or fails (the first, in order)"""
     for name in DEVICE_NAMES:
         if name not in devices.slots:
             raise CaptureError(
@@ -63,14 +74,15 @@ async def ensure_ready(devices: Devices) -> None:
                 device=name,
                 code="device-fault",
             )
-        if not devices.slots[name].last.passed:
-            result = await devices.self_test(name)
-            if not result.passed:
-                raise CaptureError(
-                    f"{name} is {result.state.value}: {result.detail}; {result.hint}",
-                    device=name,
-                    code="device-fault",
-                )
+    results = await devices.self_test_all(list(DEVICE_NAMES))
+    for name in DEVICE_NAMES:
+        result = results[name]
+        if not result.passed:
+            raise CaptureError(
+                f"{name} is {result.state.value}: {result.detail}; {result.hint}",
+                device=name,
+                code="device-fault",
+            )
 
 
 async def capture_enrollment(devices: Devices, applicant: Applicant) -> EnrollmentRecord:
@@ -95,48 +107,72 @@ async def capture_enrollment(devices: Devices, applicant: Applicant) -> Enrollme
     )
 
 
-async def _step(devices: Devices, name: str, work: Callable[[Peripheral], T]) -> T:
+async def _step(devices: Devices, name: str, work: Callable[[Peripheral], tuple[T, CaptureReport]]) -> T:
     try:
-        return await devices.call(name, work)
+        return await devices.capture(name, work)
     except DriverError as exc:
-        await devices.self_test(name)  # health shows the fault at once, not at the next round
+        await devices.self_test(name)  # health says at once whether the device itself is at fault
         raise CaptureError(f"{name}: {exc}", device=name) from exc
 
 
-def _face(driver: Peripheral) -> FaceImage:
-    shot = driver.capture_face()  # type: ignore[attr-defined]
-    return FaceImage(shot.jpeg, shot.width, shot.height, _percent(shot.quality))
+def _face(driver: Peripheral) -> tuple[FaceImage, CaptureReport]:
+    camera = cast(FaceCamera, driver)
+    shot = camera.capture_face()
+    notes = _slow(shot.frame_s, camera.slow_frame_s, "a slow frame")
+    report = CaptureReport(shot.quality, camera.min_quality, notes)
+    return FaceImage(shot.jpeg, shot.width, shot.height, _percent(shot.quality)), report
 
 
-def _finger(driver: Peripheral, position: FingerPosition) -> Fingerprint:
-    shot = driver.capture_finger(int(position))  # type: ignore[attr-defined]
+def _finger(driver: Peripheral, position: FingerPosition) -> tuple[Fingerprint, CaptureReport]:
+    scanner = cast(FingerprintScanner, driver)
+    shot = scanner.capture_finger(int(position))
     if shot.pixels is None:
         reason = (
             FingerException.MISSING if "no finger" in (shot.exception or "") else FingerException.UNUSABLE
         )
-        return Fingerprint(position, None, 0, 0, 0, attempts=min(shot.attempts, 99), exception=reason)
+        missing = Fingerprint(position, None, 0, 0, 0, attempts=min(shot.attempts, 99), exception=reason)
+        slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
+        return missing, CaptureReport(notes=slow)  # no grade: the resident has no such finger
     png = _png_gray(shot.pixels, shot.width, shot.height)
-    return Fingerprint(
+    finger = Fingerprint(
         position, png, shot.width, shot.height, _percent(shot.quality), attempts=max(1, shot.attempts)
     )
+    slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
+    return finger, CaptureReport(shot.quality, scanner.min_quality, slow)
 
 
-def _iris(driver: Peripheral, eye: int) -> IrisImage:
-    shot = driver.capture_iris(eye)  # type: ignore[attr-defined]
-    return IrisImage(
+def _iris(driver: Peripheral, eye: int) -> tuple[IrisImage, CaptureReport]:
+    camera = cast(IrisCamera, driver)
+    shot = camera.capture_iris(eye)
+    image = IrisImage(
         _png_gray(shot.pixels, shot.width, shot.height), shot.width, shot.height, _percent(shot.quality)
     )
+    slow = _slow(shot.slowest_answer_s, iris_device.SLOW_ANSWER_S, "slow answers")
+    return image, CaptureReport(shot.quality, camera.min_quality, slow)
 
 
-def _signature(driver: Peripheral) -> Signature:
-    shot = driver.capture_signature()  # type: ignore[attr-defined]
+def _signature(driver: Peripheral) -> tuple[Signature, CaptureReport]:
+    pad = cast(SignaturePad, driver)
+    shot = pad.capture_signature()
     image = Image.open(io.BytesIO(shot.png))
     png = shot.png
     if image.mode != "L":
         buf = io.BytesIO()
         image.convert("L").save(buf, format="PNG")
         png = buf.getvalue()
-    return Signature(shot.strokes, png, image.width, image.height)
+    notes: tuple[str, ...] = (
+        (f"recovered from {shot.bad_packets} broken packets (skipped)",) if shot.bad_packets else ()
+    )
+    notes += _slow(shot.query_s, signature_device.SLOW_ANSWER_S, "a slow pen query")
+    report = CaptureReport(shot.quality, pad.min_quality, notes)
+    return Signature(shot.strokes, png, image.width, image.height), report
+
+
+def _slow(seconds: float, limit: float, what: str) -> tuple[str, ...]:
+    """A capture note when the device answered slower than its driver's self-test allows."""
+    if seconds <= limit:
+        return ()
+    return (f"had {what} ({seconds * 1000:.0f} ms, usually under {limit * 1000:.0f} ms)",)
 
 
 def _png_gray(pixels: bytes, width: int, height: int) -> bytes:

@@ -77,8 +77,12 @@ def test_enroll_sync_and_the_centre_holds_them(kit: tuple[Kit, Broker]) -> None:
     assert stored == {r["packet_id"] for r in receipts}
     queue = json.loads(k.agent_cli("queue", "--json").stdout)
     assert queue == []
+    wait_for(  # health goes out on a change of a device and every interval, not at each commit
+        lambda: retained(broker.port, f"ektp/v1/{KIOSK}/health")["enrollments"] == {"total": 4},
+        5,
+        "the retained health to count the 4 enrollments",
+    )
     health = retained(broker.port, f"ektp/v1/{KIOSK}/health")
-    assert health["enrollments"] == {"total": 4}
     assert all(d["state"] == "ok" for d in health["devices"].values())  # type: ignore[attr-defined]
 
 

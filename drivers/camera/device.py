@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from dataclasses import dataclass
 
 from drivers.camera.backend import CameraBackend, CameraHandle
@@ -27,6 +28,9 @@ from drivers.health import DeviceState, SelfTestResult
 CAPTURE_TIMEOUT_S = 5.0
 STILL_SIZE = (480, 640)  # width x height of the portrait face image
 DEFAULT_MIN_QUALITY = 0.5
+# A still from a started camera comes within a few frame times; slower than this, the self-test
+# reports "degraded" (the sensor is starved, or libcamera keeps retrying a flaky ribbon).
+SLOW_FRAME_S = 0.4
 # What libcamera and picamera2 raise for a camera failure (RuntimeError for most of it).
 CAMERA_ERRORS = (RuntimeError, OSError, ValueError)
 
@@ -40,6 +44,7 @@ class FaceCapture:
     height: int
     quality: float  # 0..1: exposure x clipping x sharpness
     detail: str
+    frame_s: float = 0.0  # from the capture request until the JPEG was in hand
 
 
 class FaceCamera:
@@ -55,12 +60,14 @@ class FaceCamera:
         size: tuple[int, int] = STILL_SIZE,
         timeout_s: float = CAPTURE_TIMEOUT_S,
         min_quality: float = DEFAULT_MIN_QUALITY,
+        slow_frame_s: float = SLOW_FRAME_S,
     ) -> None:
         self.backend = backend
         self.index = index
         self.size = size
         self.timeout_s = timeout_s
         self.min_quality = min_quality
+        self.slow_frame_s = slow_frame_s
         self.port = f"camera {index}"
         self._lock = threading.Lock()
         self._cam: CameraHandle | None = None
@@ -90,6 +97,7 @@ class FaceCamera:
         with self._lock:
             cam = self._ensure_open()
             out = io.BytesIO()
+            started = time.monotonic()
             try:
                 job = cam.capture_file(out, format="jpeg", wait=False)
                 cam.wait(job, timeout=self.timeout_s)
@@ -106,11 +114,14 @@ class FaceCamera:
             except (IndexError, *CAMERA_ERRORS) as exc:
                 self._drop()
                 raise self._capture_failed(exc) from exc
+            frame_s = time.monotonic() - started
             report = assess_jpeg(out.getvalue(), device=self.name, port=self.port)
-            return FaceCapture(out.getvalue(), report.width, report.height, report.quality, report.detail)
+            return FaceCapture(
+                out.getvalue(), report.width, report.height, report.quality, report.detail, frame_s
+            )
 
     def self_test(self) -> SelfTestResult:
-        """Capture a frame and check it; never raises."""
+        """Capture a frame and check it (quality, and how long it took); never raises."""
         tried = f"list cameras, open camera {self.index}, capture a {self.size[0]}x{self.size[1]} JPEG"
         try:
             capture = self.capture_face()
@@ -128,9 +139,26 @@ class FaceCamera:
         except DriverError as exc:
             hint = "libcamera reports an error: reboot; check `journalctl` for libcamera messages"
             return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
+        problems: list[tuple[str, str]] = []
         if capture.quality < self.min_quality:
-            hint = "clean the lens and check the lighting at the kiosk (no back light, no dark corner)"
-            return SelfTestResult(self.name, DeviceState.DEGRADED, capture.detail, hint, tried)
+            problems.append(
+                (
+                    f"image quality {capture.quality:.2f} below {self.min_quality:.2f}",
+                    "clean the lens and check the lighting at the kiosk (no back light, no dark corner)",
+                )
+            )
+        if capture.frame_s > self.slow_frame_s:
+            problems.append(
+                (
+                    f"slow frame ({capture.frame_s * 1000:.0f} ms, usually under "
+                    f"{self.slow_frame_s * 1000:.0f} ms)",
+                    "the camera delivers frames slowly: reseat the ribbon cable; check the Pi's power supply "
+                    "and temperature (`vcgencmd get_throttled`)",
+                )
+            )
+        if problems:
+            detail = "; ".join([capture.detail, *(p for p, _ in problems)])
+            return SelfTestResult(self.name, DeviceState.DEGRADED, detail, problems[0][1], tried)
         return SelfTestResult(self.name, DeviceState.OK, capture.detail, "", tried)
 
     # -- internals ----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class FingerCapture:
     quality: float
     exception: str | None
     attempts: int
+    handshake_s: float = 0.0  # how long the handshake that opened this capture took
 
 
 class FingerprintScanner:
@@ -84,7 +85,9 @@ class FingerprintScanner:
         self.retries = DEFAULT_RETRIES if retries is None else retries
         self.min_quality = MIN_QUALITY if min_quality is None else min_quality
         self.parameters: SystemParameters | None = None
-        self._link: SerialLink[Frame] = SerialLink(port, baud, device=NAME, decoder=FingerprintStream())
+        self.resent = 0  # commands sent again after a corrupt reply (a running count)
+        self._stream = FingerprintStream()
+        self._link: SerialLink[Frame] = SerialLink(port, baud, device=NAME, decoder=self._stream)
 
     def open(self) -> None:
         """Open the port. :raises DeviceDisconnected:"""
@@ -115,9 +118,10 @@ class FingerprintScanner:
         return self.parameters
 
     def self_test(self) -> SelfTestResult:
-        """Handshake with the module; never raises."""
+        """Handshake with the module, timed; degraded when slow or when the driver had to recover; never raises."""
         where = f"{self.port} at {self.baud} baud"
         tried = f"VfyPwd and ReadSysPara on {where}"
+        resent_before, noise_before = self.resent, self._stream.discarded
         started = time.monotonic()
         try:
             params = self.handshake()
@@ -162,12 +166,32 @@ class FingerprintScanner:
             f"module answers on {where}: library {params.library_size}, security level "
             f"{params.security_level}, {params.packet_size}-byte packets"
         )
+        problems: list[tuple[str, str]] = []
         if elapsed > SLOW_ANSWER_S:
+            problems.append(
+                (
+                    f"slow handshake ({elapsed * 1000:.0f} ms, usually under {SLOW_ANSWER_S * 1000:.0f} ms)",
+                    "the module answers slowly: check the cable and the power supply",
+                )
+            )
+        resent = self.resent - resent_before
+        noise = self._stream.discarded - noise_before
+        if resent or noise:
+            what = [f"{resent} corrupt replies (commands sent again)"] if resent else []
+            what += [f"{noise} bytes of line noise skipped"] if noise else []
+            problems.append(
+                (
+                    f"recovered from {' and '.join(what)}",
+                    f"noise on the line to the fingerprint module on {where}: check the ground wire, the "
+                    "cable length and its distance from the power supply",
+                )
+            )
+        if problems:
             return SelfTestResult(
                 NAME,
                 DeviceState.DEGRADED,
-                detail=f"{detail}; slow handshake ({elapsed * 1000:.0f} ms)",
-                hint="the module answers slowly: check the cable and the power supply",
+                detail="; ".join([detail, *(p for p, _ in problems)]),
+                hint=problems[0][1],
                 tried=tried,
             )
         return SelfTestResult(NAME, DeviceState.OK, detail=detail, tried=tried)
@@ -183,16 +207,18 @@ class FingerprintScanner:
         """
         if not 1 <= position <= 10:
             raise ValueError(f"finger position {position} outside 1..10")
+        started = time.monotonic()
         self.handshake()  # also marks a new capture session
+        handshake_s = time.monotonic() - started
         best_quality = 0.0
         attempts = 0
         for attempts in range(1, self.retries + 2):
             if not self._wait_for_finger():
-                return FingerCapture(position, 0, 0, None, 0.0, "no finger presented", attempts)
+                return FingerCapture(position, 0, 0, None, 0.0, "no finger presented", attempts, handshake_s)
             width, height, pixels = self._upload_image()
             quality = image_quality(pixels, width, height)
             if quality >= self.min_quality:
-                return FingerCapture(position, width, height, pixels, quality, None, attempts)
+                return FingerCapture(position, width, height, pixels, quality, None, attempts, handshake_s)
             best_quality = max(best_quality, quality)
         raise CaptureRejected(
             f"finger {position}: image quality {best_quality:.2f} below {self.min_quality:.2f} after "
@@ -213,6 +239,7 @@ class FingerprintScanner:
             except DeviceProtocolError:
                 if attempt == COMMAND_RETRIES:
                     raise
+                self.resent += 1
         raise AssertionError("unreachable")
 
     def _send(self, command: Command) -> None:
@@ -268,6 +295,7 @@ class FingerprintScanner:
             except DeviceProtocolError:
                 if attempt == COMMAND_RETRIES:
                     raise
+                self.resent += 1
         try:
             width, height = image_dimensions(len(packed))
         except MessageError as exc:

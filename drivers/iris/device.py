@@ -55,6 +55,7 @@ CAPTURE_TIMEOUT_S = 10.0  # START_CAPTURE until READY/FAILED
 POLL_INTERVAL_S = 0.05  # GET_STATUS period while capturing
 DEFAULT_MIN_QUALITY = 0.5
 DEFAULT_ATTEMPTS = 3
+SLOW_ANSWER_S = 0.25  # a self-test exchange slower than this reports "degraded" (a USB round trip takes ms)
 MAX_CHUNK = 16384  # the host never asks for more per READ_IMAGE, whatever the device offers
 MAX_IMAGE = 4096 * 4096
 
@@ -71,6 +72,7 @@ class IrisCapture:
     pixels: bytes
     quality: float  # 0..1 as the camera scored it
     attempts: int
+    slowest_answer_s: float = 0.0  # the slowest request/reply exchange of the capture
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +150,10 @@ class IrisCamera:
         return self._call(lambda link: self._capture(link, which))
 
     def self_test(self) -> SelfTestResult:
-        """GET_INFO and GET_STATUS; never raises."""
+        """GET_INFO (once per plug-in) and GET_STATUS, timed; never raises."""
         tried = f"find {self.port}, GET_INFO, GET_STATUS"
         try:
-            info = self.info()
-            status = self._call(lambda link: self._request(link, GetStatus(), StatusReply.from_bytes))
+            info, status, round_trip, skipped = self._call(self._probe)
         except DeviceDisconnected as exc:
             hint = "plug the iris camera in (check `lsusb` for it) and check the cable and the udev rule"
             return SelfTestResult(self.name, DeviceState.ABSENT, str(exc), hint, tried)
@@ -169,7 +170,39 @@ class IrisCamera:
             f"firmware {info.firmware}, serial {info.serial}, sensor {info.width}x{info.height}, "
             f"state {status.state.name.lower()}"
         )
+        problems: list[tuple[str, str]] = []
+        if round_trip > SLOW_ANSWER_S:
+            problems.append(
+                (
+                    f"slow answer (GET_STATUS took {round_trip * 1000:.0f} ms, usually under "
+                    f"{SLOW_ANSWER_S * 1000:.0f} ms)",
+                    "the iris camera answers slowly: plug it straight into the Pi (no hub), try another USB "
+                    "cable; power-cycle it",
+                )
+            )
+        if skipped:
+            problems.append(
+                (
+                    f"recovered from {skipped} bytes of garbage before a valid reply",
+                    "corrupt USB traffic: try another cable or USB port, away from the power supply",
+                )
+            )
+        if problems:
+            return SelfTestResult(
+                self.name,
+                DeviceState.DEGRADED,
+                "; ".join([detail, *(p for p, _ in problems)]),
+                problems[0][1],
+                tried,
+            )
         return SelfTestResult(self.name, DeviceState.OK, detail, "", tried)
+
+    def _probe(self, link: BulkLink) -> tuple[IrisInfo, StatusReply, float, int]:
+        """The self-test's exchanges: the info (cached per plug-in), then one timed GET_STATUS."""
+        skipped = link.skipped_bytes
+        info = self._read_info(link)
+        status = self._request(link, GetStatus(), StatusReply.from_bytes)
+        return info, status, link.last_round_trip_s, link.skipped_bytes - skipped
 
     # -- one call at a time, re-finding the device after it went away -------------------------
 
@@ -287,6 +320,7 @@ class IrisCamera:
         return self._info
 
     def _capture(self, link: BulkLink, eye: Eye) -> IrisCapture:
+        link.slowest_round_trip_s = 0.0
         info = self._read_info(link)
         start = StartCapture(eye, int(self.capture_timeout_s * 1000), round(self.min_quality * 100))
         attempt = 0
@@ -313,7 +347,15 @@ class IrisCamera:
                 port=self.port,
             )
         pixels = self._read_image(link, expected, info.max_chunk)
-        return IrisCapture(int(eye), info.width, info.height, pixels, status.quality / 100, attempt)
+        return IrisCapture(
+            int(eye),
+            info.width,
+            info.height,
+            pixels,
+            status.quality / 100,
+            attempt,
+            link.slowest_round_trip_s,
+        )
 
     def _start(self, link: BulkLink, start: StartCapture) -> None:
         try:

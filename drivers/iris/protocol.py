@@ -102,6 +102,9 @@ class BulkLink:
         self.port = port
         self.reader = FrameReader(device=device)
         self.stale_replies = 0
+        self.skipped_bytes = 0  # garbage skipped before replies that did come (the exchange recovered)
+        self.last_round_trip_s = 0.0  # request written until its reply was read, of the last exchange
+        self.slowest_round_trip_s = 0.0  # of every exchange since the caller last set it to 0
         self.seq = seq  # the last seq sent; carried over to the next link so a late reply never matches
 
     def exchange(self, op: int, payload: bytes, timeout_s: float) -> bytes:
@@ -113,7 +116,8 @@ class BulkLink:
         """
         self.seq = seq = (self.seq + 1) & 0xFFFF
         self.reader.reset()  # bytes left from an earlier exchange are stale
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         doing = f"sending op 0x{op:02x}"
         try:
             self.dev.write(EP_OUT, frames.encode(Frame(op, seq, payload)), _ms(timeout_s))
@@ -122,6 +126,9 @@ class BulkLink:
                 frame = self.reader.next_frame()
                 if frame is not None:
                     if frame.seq == seq and frame.op == op | REPLY_FLAG:
+                        self.skipped_bytes += self.reader.discarded
+                        self.last_round_trip_s = time.monotonic() - started
+                        self.slowest_round_trip_s = max(self.slowest_round_trip_s, self.last_round_trip_s)
                         return frame.payload
                     self.stale_replies += 1  # the late reply of an earlier, timed-out request
                     continue

@@ -30,6 +30,7 @@ MAX_BAD_PACKETS = 50  # broken packets tolerated in a capture; beyond, only whil
 RENDER_WIDTH = 800  # PNG width; height follows the pad's aspect ratio
 GOOD_POINTS = 100  # a signature with this many points or more is not short
 GOOD_EXTENT = 0.25  # ... and one whose ink spans this fraction of the pad's diagonal is not tiny
+MIN_QUALITY = 0.30  # below this a signature is a scribble or a dot: the agent reports the pad degraded
 
 NAME = "signature"
 
@@ -49,6 +50,8 @@ class SignatureCapture:
     max_x: int  # the pad's coordinate maxima from its query reply
     max_y: int
     max_pressure: int
+    bad_packets: int = 0  # broken packets skipped (resynced past) during the query and the capture
+    query_s: float = 0.0  # how long the pen query that opened this capture took, the stop's settle time aside
 
 
 class SignaturePad:
@@ -64,12 +67,14 @@ class SignaturePad:
         timeout_s: float | None = None,
         quiet_s: float | None = None,
         max_duration_s: float | None = None,
+        min_quality: float | None = None,
     ) -> None:
         self.port = port
         self.configured_baud = baud
         self.timeout_s = QUERY_TIMEOUT_S if timeout_s is None else timeout_s
         self.quiet_s = PEN_UP_QUIET_S if quiet_s is None else quiet_s
         self.max_duration_s = MAX_SIGNATURE_S if max_duration_s is None else max_duration_s
+        self.min_quality = MIN_QUALITY if min_quality is None else min_quality
         self.bad_packets = 0  # broken packets skipped during the last query or capture
         self._link: SerialLink[Frame] = SerialLink(port, baud, device=NAME, decoder=SignatureStream())
 
@@ -119,7 +124,7 @@ class SignaturePad:
         )
 
     def self_test(self) -> SelfTestResult:
-        """Query the pad; never raises."""
+        """Query the pad, timed; degraded when slow, at the other baud or after skipping broken packets; never raises."""
         tried = f"stop and pen query on {self.port} at {' then '.join(str(b) for b in BAUD_RATES)} baud"
         started = time.monotonic()
         try:
@@ -168,9 +173,14 @@ class SignaturePad:
         if self.baud != self.configured_baud:
             problems.append(f"configured for {self.configured_baud} baud: set {self.baud} in the config")
         if self.bad_packets:
-            problems.append(f"{self.bad_packets} broken packets skipped: check the cable and its ground")
+            problems.append(
+                f"recovered from {self.bad_packets} broken packets (skipped): check the cable and its ground"
+            )
         if elapsed > SLOW_ANSWER_S:
-            problems.append(f"slow answer ({elapsed * 1000:.0f} ms): check the cable and the pad's power")
+            problems.append(
+                f"slow answer ({elapsed * 1000:.0f} ms, usually under {SLOW_ANSWER_S * 1000:.0f} ms): "
+                "check the cable and the pad's power"
+            )
         if problems:
             return SelfTestResult(
                 NAME,
@@ -189,7 +199,9 @@ class SignaturePad:
         :raises DeviceTimeout: :raises DeviceDisconnected: :raises DeviceProtocolError:
         :raises DeviceReportedError:
         """
+        started = time.monotonic()
         reply = self.query()
+        query_s = time.monotonic() - started - STOP_SETTLE_S
         with self._link.request():
             self._link.send(HostCommand.START.value)
             try:
@@ -208,6 +220,8 @@ class SignaturePad:
             max_x=reply.max_x,
             max_y=reply.max_y,
             max_pressure=reply.max_pressure,
+            bad_packets=self.bad_packets,
+            query_s=query_s,
         )
 
     # -- exchanges --------------------------------------------------------------------

@@ -74,6 +74,21 @@ def test_slow_camera_is_late_but_answers(camera: FaceCamera, board: FaultBoard) 
     assert time.monotonic() - started >= sim_camera.SLOW_S
 
 
+def test_slow_frame_makes_the_self_test_degraded(sim: SimCamera, board: FaultBoard, tmp_path: Path) -> None:
+    camera = FaceCamera(SimCameraBackend(tmp_path), timeout_s=TIMEOUT_S, slow_frame_s=0.03)
+    try:
+        assert camera.self_test().state == DeviceState.OK
+        board.inject("camera", FaultKind.SLOW)
+        assert camera.capture_face().frame_s >= sim_camera.SLOW_S
+        result = camera.self_test()
+        assert result.state == DeviceState.DEGRADED and "slow frame" in result.detail, result
+        assert "usually under 30 ms" in result.detail and "ribbon" in result.hint
+        board.clear()
+        assert camera.self_test().state == DeviceState.OK
+    finally:
+        camera.close()
+
+
 ERRORS = {
     FaultKind.UNPLUG: (DeviceDisconnected, DeviceState.ABSENT),
     FaultKind.TIMEOUT: (DeviceTimeout, DeviceState.FAULT),
@@ -109,6 +124,7 @@ def test_low_quality_is_a_degraded_capture(camera: FaceCamera, board: FaultBoard
     assert "too dark" in cap.detail and "blurred" in cap.detail
     result = camera.self_test()
     assert result.state == DeviceState.DEGRADED and "lighting" in result.hint
+    assert "below 0.50" in result.detail
     board.clear()
     assert camera.capture_face().quality > 0.8
 

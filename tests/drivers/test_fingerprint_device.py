@@ -185,9 +185,35 @@ def test_slow_is_degraded_but_works(sim: SimServer, scanner: FingerprintScanner)
     _fault(sim, FaultKind.SLOW)
     result = scanner.self_test()
     assert result.state is DeviceState.DEGRADED and "slow" in result.detail
-    assert scanner.capture_finger(1).pixels is not None
+    capture = scanner.capture_finger(1)
+    assert capture.pixels is not None and capture.handshake_s > fp_device.SLOW_ANSWER_S  # the agent notes it
     _clear(sim)
+    assert scanner.capture_finger(2).handshake_s < fp_device.SLOW_ANSWER_S
     assert scanner.self_test().state is DeviceState.OK
+
+
+def test_self_test_that_had_to_recover_is_degraded(
+    sim: SimServer, scanner: FingerprintScanner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = sim.devices["fingerprint"]
+    send = module.send
+    replies: list[bytes] = []
+
+    def flaky(raw: bytes) -> None:
+        replies.append(raw)
+        if len(replies) == 1:  # a corrupt checksum: the driver sends the command again
+            raw = raw[:-1] + bytes([raw[-1] ^ 0x5A])
+        elif len(replies) == 2:  # line noise before a good reply: skipped by the resync
+            raw = b"\x00\x13\x37" + raw
+        send(raw)
+
+    monkeypatch.setattr(module, "send", flaky)
+    result = scanner.self_test()
+    assert result.state is DeviceState.DEGRADED, result
+    assert "recovered from 1 corrupt replies" in result.detail and "line noise skipped" in result.detail
+    assert "ground" in result.hint
+    monkeypatch.setattr(module, "send", send)
+    assert scanner.self_test().state is DeviceState.OK  # counted per self-test, not for ever
 
 
 def test_fault_with_duration_ends_by_itself(sim: SimServer, scanner: FingerprintScanner) -> None:

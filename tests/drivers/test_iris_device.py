@@ -104,6 +104,44 @@ def test_slow_device_is_late_but_within_the_timeout(iris: IrisCamera, board: Fau
     assert iris.capture_iris(0).quality == pytest.approx(0.92)
 
 
+def test_slow_answer_makes_the_self_test_degraded(
+    iris: IrisCamera, board: FaultBoard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sim_iris, "SLOW_REPLY_S", 0.08)
+    monkeypatch.setattr(device, "SLOW_ANSWER_S", 0.05)
+    assert iris.self_test().state == DeviceState.OK
+    board.inject("iris", FaultKind.SLOW)
+    result = iris.self_test()
+    assert result.state == DeviceState.DEGRADED and result.passed, result
+    assert "slow answer (GET_STATUS took" in result.detail and "usually under 50 ms" in result.detail
+    assert "USB" in result.hint
+    assert iris.capture_iris(0).slowest_answer_s >= sim_iris.SLOW_REPLY_S  # the agent notes it
+    board.clear("iris")
+    assert iris.self_test().state == DeviceState.OK
+    assert iris.capture_iris(1).slowest_answer_s < device.SLOW_ANSWER_S
+
+
+def test_garbage_before_a_good_reply_is_skipped_and_reported(
+    iris: IrisCamera, sim: SimIris, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iris.info()  # read once per plug-in: the self-test then sends only GET_STATUS
+    queue = sim._queue
+    noisy = [True]
+
+    def with_noise(reply: Frame, fault: FaultKind | None) -> None:
+        queue(reply, fault)
+        if noisy[0]:
+            ready_at, data = sim._in_queue.pop()
+            sim._in_queue.append((ready_at, b"\x00noise" + data))
+
+    monkeypatch.setattr(sim, "_queue", with_noise)
+    result = iris.self_test()
+    assert result.state == DeviceState.DEGRADED, result
+    assert "recovered from 6 bytes of garbage before a valid reply" in result.detail
+    noisy[0] = False
+    assert iris.self_test().state == DeviceState.OK
+
+
 ERRORS = {
     FaultKind.UNPLUG: (DeviceDisconnected, DeviceState.ABSENT),
     FaultKind.TIMEOUT: (DeviceTimeout, DeviceState.FAULT),

@@ -106,8 +106,9 @@ def test_low_quality_signature_scores_low(sim: SimServer, pad: SignaturePad) -> 
     _fault(sim, FaultKind.LOW_QUALITY)
     poor = pad.capture_signature()
     assert sum(len(s) for s in poor.strokes) == 6 and poor.quality < 0.1
+    assert poor.quality < pad.min_quality == sig_device.MIN_QUALITY  # the agent reports the pad degraded
     _clear(sim)
-    assert pad.capture_signature().quality > 0.7
+    assert pad.capture_signature().quality > 0.7 > pad.min_quality
 
 
 def test_garbage_is_skipped_and_reported_as_degraded(sim: SimServer, pad: SignaturePad) -> None:
@@ -116,9 +117,10 @@ def test_garbage_is_skipped_and_reported_as_degraded(sim: SimServer, pad: Signat
     assert result.state is DeviceState.DEGRADED and "broken packets" in result.detail
     capture = pad.capture_signature()
     assert [list(s) for s in capture.strokes] == synthetic_resident(5).signature_strokes()
-    assert pad.bad_packets > 0
+    assert capture.bad_packets == pad.bad_packets > 0  # the capture says what it skipped
     _clear(sim)
     assert pad.self_test().state is DeviceState.OK
+    assert pad.capture_signature().bad_packets == 0
 
 
 @pytest.mark.parametrize(
@@ -156,6 +158,8 @@ def test_slow_pad_is_degraded(sim: SimServer, pad: SignaturePad) -> None:
     _fault(sim, FaultKind.SLOW)
     result = pad.self_test()
     assert result.state is DeviceState.DEGRADED and "slow answer" in result.detail
-    assert pad.capture_signature().quality > 0.7
+    capture = pad.capture_signature()
+    assert capture.quality > 0.7 and capture.query_s > sig_device.SLOW_ANSWER_S  # the agent notes it
     _clear(sim)
+    assert pad.capture_signature().query_s < sig_device.SLOW_ANSWER_S
     assert pad.self_test().state is DeviceState.OK
