@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections import Counter
@@ -177,7 +178,13 @@ class Link:
         self._flights: dict[str, Flight] = {}
         self._mids: dict[int, str] = {}  # mid of a packet's latest publish -> packet id
         self._awaiting: dict[int, str] = {}  # mid of every QoS 1 publish without its PUBACK -> what it is
-        self._retry: dict[str, float] = {}  # packet id -> monotonic time it may go again
+        self._retry: dict[str, float] = {}
+        # Outcomes written to the outbox at the drain's next quiet moment, one transaction each,
+        # so the outbox's fsyncs overlap the centre's commit instead of stalling the window:
+        self._sent_unwritten: list[str] = []  # PUBACKed with success
+        self._delivered_unwritten: list[
+            str
+        ] = []  # in a verified ack as stored or duplicate  # packet id -> monotonic time it may go again
         self._outbox_errors: dict[str, str] = {}  # failing outbox action -> its message
         self._refused_logged: set[str] = set()
 
@@ -277,6 +284,11 @@ class Link:
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
             post(_Connected(c, rc, props))
 
+        def on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+            # Small messages (acks, PUBACKs, status) must not wait for Nagle + delayed ACK (~40 ms).
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def on_disconnect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             post(_Disconnected(c, str(rc)))
 
@@ -287,6 +299,7 @@ class Link:
             post(_Message(msg.topic, bytes(msg.payload)))
 
         client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_socket_open = on_socket_open
         client.on_publish, client.on_message = on_publish, on_message
         return client
 
@@ -415,6 +428,8 @@ class Link:
                 if time.monotonic() >= paused_until:
                     try:
                         cursor, exhausted = await self._fill_window(client, cursor, exhausted)
+                        if self._events.empty():  # the window is on the wire: now the bookkeeping
+                            await self._write_outcomes()
                     except Exception as exc:
                         self._drain_failed("filling the window", exc)
                         paused_until = time.monotonic() + OUTBOX_RETRY_S
@@ -431,6 +446,8 @@ class Link:
                 self._expire_flights()
             await self._goodbye(client)
         finally:
+            with contextlib.suppress(_OutboxFailed):  # else they are written in the next session
+                await self._write_outcomes()
             health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health_task
@@ -569,7 +586,7 @@ class Link:
                 self.stats.in_flight = len(self._flights)
                 return
             flight.pubacked = True
-            await self._db("mark a packet sent", self.outbox.mark_sent, [packet_id])
+            self._sent_unwritten.append(packet_id)
         elif isinstance(event, _Message) and event.topic == self.topic_ack:
             await self._on_ack(event.payload)
 
@@ -582,21 +599,41 @@ class Link:
             if n == 1 or n % 100 == 0:
                 log.warning("ignored a message on %s (%s, %d so far): %s", self.topic_ack, exc.reason, n, exc)
             return
-        delivered = [r.packet_id for r in ack.results if r.status.delivered]
-        if delivered:
-            await self._db("mark packets delivered", self.outbox.mark_delivered, delivered)
-        for r in ack.results:
-            if r.status is AckStatus.REJECTED:
-                log.error("the centre rejected packet %s: %s (kept on the kiosk)", r.packet_id, r.reason)
-                await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, r.reason)
-        # Only once the outbox holds the outcome: a failure above leaves the flights to time out and
-        # go again, and the centre acks the copy as a duplicate.
+        # The centre holds these packets durably: their room in the window is free at once and
+        # the next packets go out before the outbox writes the outcome down (_write_outcomes,
+        # after the refill). A crash before that write costs a resend that the centre acks as
+        # a duplicate; nothing is deleted on the kiosk before the write.
         for r in ack.results:
             flight = self._flights.pop(r.packet_id, None)
             if flight is not None:
                 self._mids.pop(flight.mid, None)
             self._retry.pop(r.packet_id, None)
         self.stats.in_flight = len(self._flights)
+        self._delivered_unwritten.extend(r.packet_id for r in ack.results if r.status.delivered)
+        for r in ack.results:
+            if r.status is AckStatus.REJECTED:
+                log.error("the centre rejected packet %s: %s (kept on the kiosk)", r.packet_id, r.reason)
+                await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, r.reason)
+
+    async def _write_outcomes(self) -> None:
+        """Write the PUBACKs and acks gathered since the last call, one transaction each.
+
+        :raises _OutboxFailed: a write failed; its ids are kept for the next call
+        """
+        if self._sent_unwritten:
+            sent, self._sent_unwritten = self._sent_unwritten, []
+            try:
+                await self._db("mark packets sent", self.outbox.mark_sent, sent)
+            except _OutboxFailed:
+                self._sent_unwritten[:0] = sent
+                raise
+        if self._delivered_unwritten:
+            delivered, self._delivered_unwritten = self._delivered_unwritten, []
+            try:
+                await self._db("mark packets delivered", self.outbox.mark_delivered, delivered)
+            except _OutboxFailed:
+                self._delivered_unwritten[:0] = delivered
+                raise
 
     def _expire_flights(self) -> None:
         """Packets published but not acked within ack_timeout_s go again (the centre is idempotent)."""

@@ -354,6 +354,7 @@ class Outbox:
             {PENDING},
             SENT,
             "UPDATE packets SET state = 'sent', sent_at = ? WHERE seq = ?",
+            fsync=False,
         )
 
     def requeue(self, packet_ids: Iterable[str]) -> int:
@@ -378,7 +379,7 @@ class Outbox:
             free=True,
         )
         if changed:
-            self._reclaim()
+            self._reclaim_when_drained()
         return changed
 
     def mark_rejected(self, packet_id: str, reason: str) -> bool:
@@ -620,13 +621,22 @@ class Outbox:
         stamp: bool = True,
         free: bool = False,
         reason: str | None = None,
+        fsync: bool = True,
     ) -> int:
-        """Apply update_sql to every id whose state is in allowed_from; keep the totals in step."""
+        """Apply update_sql to every id whose state is in allowed_from; keep the totals in step.
+
+        ``fsync=False`` commits without waiting for the disk (synchronous=NORMAL for this one
+        transaction): for marks whose loss in a power cut costs nothing. A lost "sent" reads
+        as pending, which is what every open turns "sent" into anyway; the next synchronous
+        commit makes it durable with everything before it.
+        """
         ids = list(dict.fromkeys(packet_ids))
         if not ids:
             return 0
         with self._lock:
             conn = self._writer()
+            if not fsync:
+                conn.execute("PRAGMA synchronous=NORMAL")
             now = _now_rfc3339()
             changed = 0
             skipped: list[tuple[str, str]] = []
@@ -670,6 +680,9 @@ class Outbox:
                         )
             except sqlite3.Error as exc:
                 raise self._translate(exc, action) from exc
+            finally:
+                if not fsync:
+                    conn.execute("PRAGMA synchronous=FULL")
         self._log_skipped(action, skipped, new_state)
         return changed
 
@@ -680,6 +693,21 @@ class Outbox:
                 log.debug("%s: %s is already %s", action, packet_id, state)
             else:
                 log.warning("%s: ignored %s (state %s)", action, packet_id, state)
+
+    def _reclaim_when_drained(self) -> None:
+        """Hand freed pages back only once nothing awaits delivery: mid-drain, a vacuum moves
+        the bodies still to send into the freed space (copying the backlog on the SD card),
+        and new commits reuse free pages anyway, so the file does not grow meanwhile."""
+        before = None
+        while True:
+            with self._lock:
+                conn = self._writer()
+                (awaiting,) = conn.execute("SELECT pending + sent FROM counters WHERE id = 1").fetchone()
+                (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+            if awaiting or not free or free == before:
+                return
+            before = free
+            self._reclaim()
 
     def _reclaim(self) -> None:
         """Hand freed pages back to the filesystem a step at a time (never a full VACUUM)."""

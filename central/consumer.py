@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -42,8 +43,10 @@ from central.store import CentralStore, StoreError
 
 log = logging.getLogger("ektp.central")
 
-BATCH_MAX = 64  # messages handled in one store transaction
-BATCH_LINGER_S = 0.01  # wait this long for more messages to join a batch
+BATCH_MAX = 8  # messages per store transaction: a window of 16 is two batches, so the next
+# batch travels while the centre commits the one before (lock step at the window size)
+BATCH_LINGER_S = 0.01  # a batch waits at most this long for more messages to join it
+BATCH_QUIET_S = 0.002  # ... and stops waiting when none has come for this long
 MAX_JSON = 256 * 1024
 STORE_RETRY_MIN_S = 0.5  # a failed batch is stored again after this, doubling up to the max
 STORE_RETRY_MAX_S = 30.0
@@ -137,7 +140,15 @@ class CentralConsumer:
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             self.connected.clear()
-            log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)
+            if self._stop.is_set():
+                log.info("disconnected from %s:%d", m.host, m.port)
+            else:
+                log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)
+
+        def on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+            # Acks are small: they must not wait for Nagle + delayed ACK (~40 ms each).
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             self._incoming.put(
@@ -145,6 +156,7 @@ class CentralConsumer:
             )
 
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        client.on_socket_open = on_socket_open
         return client
 
     def _take_batch(self) -> list[_Incoming]:
@@ -155,8 +167,11 @@ class CentralConsumer:
         batch = [first]
         deadline = time.monotonic() + BATCH_LINGER_S
         while len(batch) < BATCH_MAX:
-            try:
-                batch.append(self._incoming.get(timeout=max(0.0, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:  # stop lingering as soon as the burst is over: the kiosk waits for our ack
+                batch.append(self._incoming.get(timeout=min(BATCH_QUIET_S, left)))
             except queue.Empty:
                 break
         return batch
