@@ -43,8 +43,9 @@ from central.store import CentralStore, StoreError
 
 log = logging.getLogger("ektp.central")
 
-BATCH_MAX = 8  # messages per store transaction: a window of 16 is two batches, so the next
-# batch travels while the centre commits the one before (lock step at the window size)
+# Messages per store transaction: a kiosk's window of 16 is two batches, so the next batch
+# travels while the centre commits the one before (a batch of the whole window is lock step).
+BATCH_MAX = 8
 BATCH_LINGER_S = 0.01  # a batch waits at most this long for more messages to join it
 BATCH_QUIET_S = 0.002  # ... and stops waiting when none has come for this long
 MAX_JSON = 256 * 1024
