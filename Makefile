@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto run test lint typecheck pytest bench clean
+.PHONY: all setup mosquitto run test lint typecheck pytest bench chaos clean
 
 all: test
 
@@ -48,8 +48,18 @@ test: setup lint typecheck pytest
 run: setup
 	$(PY) -m agent.demo
 
+# The figures of docs/benchmarks.md (about 15 minutes; slow_link needs root for its namespace).
 bench: setup
 	$(PY) bench/store_commit.py
+	$(PY) bench/drain_reader.py
+	$(PY) bench/packet_overhead.py
+	$(PY) bench/drain.py --repeats 3
+	$(PY) bench/slow_link.py
+	$(PY) bench/parigi.py
+
+# The full chaos runs of docs/reliability.md (about 25 minutes).
+chaos: setup
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
