@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.errors import DeviceProtocolError
+from drivers.framestream import FramingError
 
 START = b"\xef\x01"
 HEADER_LEN = 9  # start(2) + address(4) + pid(1) + len(2)
@@ -32,12 +32,11 @@ class Frame:
     payload: bytes
 
 
-class FrameError(DeviceProtocolError):
+class FrameError(FramingError):
     """A packet that breaks the framing; ``consumed`` bytes are to be skipped before the next try."""
 
     def __init__(self, message: str, *, consumed: int) -> None:
-        super().__init__(message, device="fingerprint")
-        self.consumed = consumed
+        super().__init__(message, device="fingerprint", consumed=consumed)
 
 
 class ChecksumError(FrameError):

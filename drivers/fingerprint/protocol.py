@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceProtocolError
 from drivers.fingerprint import frames
-from drivers.fingerprint.frames import Frame, FrameError
+from drivers.fingerprint.frames import Frame
+from drivers.framestream import FrameStream
 
-MAX_BUFFER = 4 * frames.MAX_FRAME  # a partial frame never needs more; beyond this the head is noise
 
-
-class FingerprintStream:
+class FingerprintStream(FrameStream[Frame]):
     """Feed bytes, get frames; a corrupt frame yields a DeviceProtocolError and parsing goes on after it."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self.discarded = 0  # garbage bytes skipped while resyncing
-
-    def reset(self) -> None:
-        self._buf.clear()
-
-    def feed(self, data: bytes) -> list[Frame | DeviceProtocolError]:
-        self._buf += data
-        events: list[Frame | DeviceProtocolError] = []
-        while self._buf:
-            try:
-                frame, used = frames.decode(self._buf)
-            except FrameError as err:
-                events.append(err)
-                del self._buf[: err.consumed]
-                continue
-            if used == 0:
-                break
-            del self._buf[:used]
-            if frame is None:
-                self.discarded += used
-            else:
-                events.append(frame)
-        if len(self._buf) > MAX_BUFFER:  # cannot happen with decode's length cap; kept as a hard bound
-            self.discarded += len(self._buf)
-            self._buf.clear()
-        return events
+        super().__init__(frames.decode, frames.MAX_FRAME)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.errors import DeviceProtocolError
+from drivers.framestream import FramingError
 
 LEAD_MASK = 0x80  # set in the first byte of every packet, clear in every other byte
 CONTROL_MASK = 0x40  # set in the first byte of a control/query packet
@@ -35,12 +35,11 @@ class Frame:
         return bool(self.data[0] & CONTROL_MASK)
 
 
-class FrameError(DeviceProtocolError):
+class FrameError(FramingError):
     """A packet that breaks the framing; ``consumed`` bytes are to be skipped before the next try."""
 
     def __init__(self, message: str, *, consumed: int) -> None:
-        super().__init__(message, device="signature")
-        self.consumed = consumed
+        super().__init__(message, device="signature", consumed=consumed)
 
 
 def packet_length(lead: int) -> int:
