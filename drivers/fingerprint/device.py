@@ -154,8 +154,8 @@ class FingerprintScanner:
             )
         except DeviceReportedError as exc:
             hint = (
-                f"the fingerprint module on {self.port} refuses the configured password: set the module's "
-                "password in the config"
+                f"the fingerprint module on {self.port} refuses password 0: it was given a password "
+                "elsewhere; reset it to 0 with the vendor's tool or replace the module"
                 if exc.code == Confirmation.PASSWORD_FAIL
                 else f"the fingerprint module on {self.port} reports an error: power-cycle it; replace it if "
                 "the error stays"
