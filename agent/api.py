@@ -2,8 +2,8 @@
 
 A request is one JSON object on one line, ``{"op": NAME, ...arguments}``. The answer
 is one or more JSON objects, one per line; the last has ``"done": true``. A failure
-is ``{"done": true, "ok": false, "error": MESSAGE, "code": WORD}``. Streams (enroll of
-several residents, sync progress) send their items before the final line, so a client
+is ``{"done": true, "ok": false, "error": MESSAGE, "code": WORD}``. A stream (enroll of
+several residents) sends its items before the final line, so a client
 sees each receipt as soon as its packet is committed.
 """
 
