@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+from drivers.errors import DeviceDisconnected, DriverError
 
 
 class DeviceState(StrEnum):
@@ -38,3 +41,33 @@ class SelfTestResult:
             "hint": self.hint,
             "tried": self.tried,
         }
+
+
+# A problem a self-test found while the device still works: (what, hint for the technician).
+Problem = tuple[str, str]
+
+
+def failed_self_test(
+    device: str, exc: DriverError, tried: str, hints: Mapping[type[DriverError], str]
+) -> SelfTestResult:
+    """A self-test ended by a driver error: absent when the device is not there, else fault,
+    with the hint of the first error type in ``hints`` that matches."""
+    state = DeviceState.ABSENT if isinstance(exc, DeviceDisconnected) else DeviceState.FAULT
+    hint = next((text for kind, text in hints.items() if isinstance(exc, kind)), "")
+    return SelfTestResult(device, state, str(exc), hint, tried)
+
+
+def passed_self_test(
+    device: str, detail: str, tried: str, problems: Sequence[Problem] = ()
+) -> SelfTestResult:
+    """A self-test the device answered: ok, or degraded with every problem in the detail and
+    the first one's hint."""
+    if problems:
+        return SelfTestResult(
+            device,
+            DeviceState.DEGRADED,
+            "; ".join([detail, *(what for what, _ in problems)]),
+            problems[0][1],
+            tried,
+        )
+    return SelfTestResult(device, DeviceState.OK, detail, "", tried)

@@ -23,7 +23,7 @@ from drivers.errors import (
     DeviceTimeout,
     DriverError,
 )
-from drivers.health import DeviceState, SelfTestResult
+from drivers.health import Problem, SelfTestResult, failed_self_test, passed_self_test
 
 CAPTURE_TIMEOUT_S = 5.0
 STILL_SIZE = (480, 640)  # width x height of the portrait face image
@@ -125,21 +125,23 @@ class FaceCamera:
         tried = f"list cameras, open camera {self.index}, capture a {self.size[0]}x{self.size[1]} JPEG"
         try:
             capture = self.capture_face()
-        except Picamera2Missing as exc:
-            return SelfTestResult(self.name, DeviceState.ABSENT, str(exc), INSTALL_HINT, tried)
-        except DeviceDisconnected as exc:
-            hint = "check the camera's ribbon cable and that `rpicam-hello --list-cameras` lists it"
-            return SelfTestResult(self.name, DeviceState.ABSENT, str(exc), hint, tried)
-        except DeviceTimeout as exc:
-            hint = "reseat the ribbon cable and reboot; if it keeps timing out, replace the camera module"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
-        except DeviceProtocolError as exc:
-            hint = "the camera delivers corrupt images: reseat the ribbon cable, then replace the module"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
         except DriverError as exc:
-            hint = "libcamera reports an error: reboot; check `journalctl` for libcamera messages"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
-        problems: list[tuple[str, str]] = []
+            return failed_self_test(
+                self.name,
+                exc,
+                tried,
+                {
+                    Picamera2Missing: INSTALL_HINT,
+                    DeviceDisconnected: "check the camera's ribbon cable and that `rpicam-hello --list-cameras` "
+                    "lists it",
+                    DeviceTimeout: "reseat the ribbon cable and reboot; if it keeps timing out, replace the camera "
+                    "module",
+                    DeviceProtocolError: "the camera delivers corrupt images: reseat the ribbon cable, then replace "
+                    "the module",
+                    DriverError: "libcamera reports an error: reboot; check `journalctl` for libcamera messages",
+                },
+            )
+        problems: list[Problem] = []
         if capture.quality < self.min_quality:
             problems.append(
                 (
@@ -156,10 +158,7 @@ class FaceCamera:
                     "and temperature (`vcgencmd get_throttled`)",
                 )
             )
-        if problems:
-            detail = "; ".join([capture.detail, *(p for p, _ in problems)])
-            return SelfTestResult(self.name, DeviceState.DEGRADED, detail, problems[0][1], tried)
-        return SelfTestResult(self.name, DeviceState.OK, capture.detail, "", tried)
+        return passed_self_test(self.name, capture.detail, tried, problems)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from drivers.errors import (
     DeviceProtocolError,
     DeviceReportedError,
     DeviceTimeout,
+    DriverError,
 )
 from drivers.fingerprint.frames import Frame, encode
 from drivers.fingerprint.messages import (
@@ -29,7 +30,7 @@ from drivers.fingerprint.messages import (
     unpack_image,
 )
 from drivers.fingerprint.protocol import FingerprintStream
-from drivers.health import DeviceState, SelfTestResult
+from drivers.health import Problem, SelfTestResult, failed_self_test, passed_self_test
 from drivers.serial_link import SerialLink
 
 DEFAULT_BAUD = 57600
@@ -125,48 +126,34 @@ class FingerprintScanner:
         started = time.monotonic()
         try:
             params = self.handshake()
-        except DeviceDisconnected as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.ABSENT,
-                detail=str(exc),
-                hint=f"no fingerprint module port at {self.port}: check the USB-serial adapter or that the "
-                "UART is enabled in raspi-config, and the port path in the config",
-                tried=tried,
-            )
-        except DeviceTimeout as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.FAULT,
-                detail=str(exc),
-                hint=f"no answer from the fingerprint module on {where}: check the cable and that the port "
-                "is enabled in raspi-config",
-                tried=tried,
-            )
-        except DeviceProtocolError as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.FAULT,
-                detail=str(exc),
-                hint=f"garbled answers from the fingerprint module on {where}: check the baud rate, the "
-                "ground wire and the cable length",
-                tried=tried,
-            )
-        except DeviceReportedError as exc:
-            hint = (
+        except DriverError as exc:
+            reported = (
                 f"the fingerprint module on {self.port} refuses password 0: it was given a password "
                 "elsewhere; reset it to 0 with the vendor's tool or replace the module"
                 if exc.code == Confirmation.PASSWORD_FAIL
                 else f"the fingerprint module on {self.port} reports an error: power-cycle it; replace it if "
                 "the error stays"
             )
-            return SelfTestResult(NAME, DeviceState.FAULT, detail=str(exc), hint=hint, tried=tried)
+            return failed_self_test(
+                NAME,
+                exc,
+                tried,
+                {
+                    DeviceDisconnected: f"no fingerprint module port at {self.port}: check the USB-serial adapter "
+                    "or that the UART is enabled in raspi-config, and the port path in the config",
+                    DeviceTimeout: f"no answer from the fingerprint module on {where}: check the cable and that "
+                    "the port is enabled in raspi-config",
+                    DeviceProtocolError: f"garbled answers from the fingerprint module on {where}: check the baud "
+                    "rate, the ground wire and the cable length",
+                    DeviceReportedError: reported,
+                },
+            )
         elapsed = time.monotonic() - started
         detail = (
             f"module answers on {where}: library {params.library_size}, security level "
             f"{params.security_level}, {params.packet_size}-byte packets"
         )
-        problems: list[tuple[str, str]] = []
+        problems: list[Problem] = []
         if elapsed > SLOW_ANSWER_S:
             problems.append(
                 (
@@ -186,15 +173,7 @@ class FingerprintScanner:
                     "cable length and its distance from the power supply",
                 )
             )
-        if problems:
-            return SelfTestResult(
-                NAME,
-                DeviceState.DEGRADED,
-                detail="; ".join([detail, *(p for p, _ in problems)]),
-                hint=problems[0][1],
-                tried=tried,
-            )
-        return SelfTestResult(NAME, DeviceState.OK, detail=detail, tried=tried)
+        return passed_self_test(NAME, detail, tried, problems)
 
     def capture_finger(self, position: int) -> FingerCapture:
         """Wait for the finger, upload its image, retry on poor quality.

@@ -25,7 +25,7 @@ from drivers.errors import (
     DeviceTimeout,
     DriverError,
 )
-from drivers.health import DeviceState, SelfTestResult
+from drivers.health import Problem, SelfTestResult, failed_self_test, passed_self_test
 from drivers.iris.messages import (
     Abort,
     CaptureState,
@@ -154,23 +154,25 @@ class IrisCamera:
         tried = f"find {self.port}, GET_INFO, GET_STATUS"
         try:
             info, status, round_trip, skipped = self._call(self._probe)
-        except DeviceDisconnected as exc:
-            hint = "plug the iris camera in (check `lsusb` for it) and check the cable and the udev rule"
-            return SelfTestResult(self.name, DeviceState.ABSENT, str(exc), hint, tried)
-        except DeviceTimeout as exc:
-            hint = "unplug and replug the iris camera; if it keeps happening, replace it"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
-        except DeviceProtocolError as exc:
-            hint = "corrupt USB traffic: try another cable or USB port, away from the power supply"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
         except DriverError as exc:
-            hint = "the camera reports a failure: power-cycle it; if it persists, send it for repair"
-            return SelfTestResult(self.name, DeviceState.FAULT, str(exc), hint, tried)
+            return failed_self_test(
+                self.name,
+                exc,
+                tried,
+                {
+                    DeviceDisconnected: "plug the iris camera in (check `lsusb` for it) and check the cable and "
+                    "the udev rule",
+                    DeviceTimeout: "unplug and replug the iris camera; if it keeps happening, replace it",
+                    DeviceProtocolError: "corrupt USB traffic: try another cable or USB port, away from the power "
+                    "supply",
+                    DriverError: "the camera reports a failure: power-cycle it; if it persists, send it for repair",
+                },
+            )
         detail = (
             f"firmware {info.firmware}, serial {info.serial}, sensor {info.width}x{info.height}, "
             f"state {status.state.name.lower()}"
         )
-        problems: list[tuple[str, str]] = []
+        problems: list[Problem] = []
         if round_trip > SLOW_ANSWER_S:
             problems.append(
                 (
@@ -187,15 +189,7 @@ class IrisCamera:
                     "corrupt USB traffic: try another cable or USB port, away from the power supply",
                 )
             )
-        if problems:
-            return SelfTestResult(
-                self.name,
-                DeviceState.DEGRADED,
-                "; ".join([detail, *(p for p, _ in problems)]),
-                problems[0][1],
-                tried,
-            )
-        return SelfTestResult(self.name, DeviceState.OK, detail, "", tried)
+        return passed_self_test(self.name, detail, tried, problems)
 
     def _probe(self, link: BulkLink) -> tuple[IrisInfo, StatusReply, float, int]:
         """The self-test's exchanges: the info (cached per plug-in), then one timed GET_STATUS."""

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceReportedError, DeviceTimeout
-from drivers.health import DeviceState, SelfTestResult
+from drivers.errors import (
+    DeviceDisconnected,
+    DeviceProtocolError,
+    DeviceReportedError,
+    DeviceTimeout,
+    DriverError,
+)
+from drivers.health import DeviceState, SelfTestResult, failed_self_test
 from drivers.serial_link import SerialLink
 from drivers.signature.frames import Frame
 from drivers.signature.messages import HostCommand, MessageError, PenReport, QueryReply
@@ -129,40 +135,21 @@ class SignaturePad:
         started = time.monotonic()
         try:
             reply = self.query()
-        except DeviceDisconnected as exc:
-            return SelfTestResult(
+        except DriverError as exc:
+            return failed_self_test(
                 NAME,
-                DeviceState.ABSENT,
-                detail=str(exc),
-                hint=f"no signature pad port at {self.port}: check its USB-serial cable and the port path",
-                tried=tried,
-            )
-        except DeviceTimeout as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.FAULT,
-                detail=str(exc),
-                hint=f"no answer from the signature pad on {self.port} at 19200 or 38400 baud: check the "
-                "cable and the pad's power",
-                tried=tried,
-            )
-        except DeviceProtocolError as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.FAULT,
-                detail=str(exc),
-                hint=f"garbled packets from the signature pad on {self.port} at {self.baud} baud: check the "
-                "cable, its ground and its length",
-                tried=tried,
-            )
-        except DeviceReportedError as exc:
-            return SelfTestResult(
-                NAME,
-                DeviceState.FAULT,
-                detail=str(exc),
-                hint=f"the signature pad on {self.port} reports a sensor of zero size: power-cycle it; "
-                "replace it if this stays",
-                tried=tried,
+                exc,
+                tried,
+                {
+                    DeviceDisconnected: f"no signature pad port at {self.port}: check its USB-serial cable and "
+                    "the port path",
+                    DeviceTimeout: f"no answer from the signature pad on {self.port} at 19200 or 38400 baud: "
+                    "check the cable and the pad's power",
+                    DeviceProtocolError: f"garbled packets from the signature pad on {self.port} at {self.baud} "
+                    "baud: check the cable, its ground and its length",
+                    DeviceReportedError: f"the signature pad on {self.port} reports a sensor of zero size: "
+                    "power-cycle it; replace it if this stays",
+                },
             )
         elapsed = time.monotonic() - started - STOP_SETTLE_S
         detail = (
