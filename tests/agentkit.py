@@ -10,8 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from tests.netkit import Broker
 
 BIN = Path(sys.executable).parent
 
@@ -158,3 +163,17 @@ class Kit:
             # the simulator child of a SIGKILLed agent lives on in the agent's process group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
+    """A kiosk and a centre configured and keyed, and their broker running; the test starts the services."""
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    k = Kit(tmp_path / "kit", broker.port, health_s=1.0)
+    k.setup_keys()
+    try:
+        yield k, broker
+    finally:
+        k.close()
+        broker.stop()

@@ -13,6 +13,8 @@ import pytest
 
 LEFTOVER_GRACE_S = 3.0
 
+pytest_plugins = ["tests.agentkit"]  # the ``kit`` fixture: a configured kiosk and centre with their broker
+
 
 def _fds() -> set[int]:
     try:

@@ -8,11 +8,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agentkit import Kit, script
@@ -20,19 +18,6 @@ from tests.linkkit import wait_for
 from tests.netkit import Broker
 
 KIOSK = "320715-01"
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    k = Kit(tmp_path / "kit", broker.port, health_s=1.0)
-    k.setup_keys()
-    try:
-        yield k, broker
-    finally:
-        k.close()
-        broker.stop()
 
 
 def retained(port: int, topic: str) -> dict[str, object]:

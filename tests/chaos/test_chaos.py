@@ -13,29 +13,13 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.agentkit import Kit, script
 from tests.netkit import Broker
 
 KIOSK = "320715-01"
 FULL = os.environ.get("EKTP_CHAOS") == "full"  # bench/chaos.py: the full runs of issue 6
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    k = Kit(tmp_path / "kit", broker.port, health_s=1.0)
-    k.setup_keys()
-    try:
-        yield k, broker
-    finally:
-        k.close()
-        broker.stop()
 
 
 def enroll_direct(k: Kit, count: int, seed: int) -> subprocess.Popen[str]:
