@@ -80,10 +80,13 @@ class Centre:
         client_id: str = "centre-1",
         prefix: str = "ektp/v1",
         wrap_store: Callable[[CentralStore], CentralStore] | None = None,
+        mqtt: dict[str, Any] | None = None,
     ) -> None:
         self.db = root / "central.db"
         self.config = CentralConfig(
-            mqtt=CentralMqtt(host="127.0.0.1", port=port, topic_prefix=prefix, client_id=client_id),
+            mqtt=CentralMqtt(
+                host="127.0.0.1", port=port, topic_prefix=prefix, client_id=client_id, **(mqtt or {})
+            ),
             store_url=str(self.db),
             central_private_key=keys.central_path,
         )
@@ -136,13 +139,14 @@ class Kiosk:
         ack_timeout_s: float = 5.0,
         health_s: float = 1.0,
         health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        extra_mqtt: str = "",
     ) -> None:
         self.keys = keys
         self.root = root
         self.config = parse_config(
             f'[kiosk]\nid = "{keys.kiosk_id}"\ndata_dir = "{root}"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\nwindow = {window}\n'
-            f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
+            f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n{extra_mqtt}"
             f"[health]\ninterval_s = {health_s}\n"
         )
         self.db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")

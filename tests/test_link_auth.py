@@ -1,0 +1,180 @@
+"""The production options of the link, against a real Mosquitto: TLS with client
+certificates whose CN is the MQTT username (with the per-kiosk ACL of docs/operations.md),
+and a username with a password file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.linkkit import Centre, Keys, Kiosk, assert_exactly_once, wait_for
+from tests.netkit import Broker
+
+KIOSK = "320715-01"
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+
+
+class Pki:
+    """A throwaway CA, a broker certificate for 127.0.0.1, and client certificates."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        self.ca = (
+            x509.CertificateBuilder()
+            .subject_name(_name("ektp test CA"))
+            .issuer_name(_name("ektp test CA"))
+            .public_key(self.ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        self.ca_file = root / "ca.crt"
+        self.ca_file.write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
+        self.server_cert, self.server_key = self.issue("broker", server=True)
+
+    def issue(self, cn: str, *, server: bool = False) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self.ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        cert = builder.sign(self.ca_key, hashes.SHA256())
+        cert_path, key_path = self.root / f"{cn}.crt", self.root / f"{cn}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, key_path)
+        return cert_path, key_path
+
+
+def test_tls_client_certificates_with_the_per_kiosk_acl(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    acl = tmp_path / "ektp.acl"
+    acl.write_text(
+        "user ektp-central\ntopic read ektp/v1/+/enrollment\ntopic read ektp/v1/+/status\n"
+        "topic read ektp/v1/+/health\ntopic write ektp/v1/+/ack\n\n"
+        "pattern write ektp/v1/%u/status\npattern write ektp/v1/%u/health\n"
+        "pattern write ektp/v1/%u/enrollment\npattern read ektp/v1/%u/ack\n"
+    )
+    broker = Broker(
+        tmp_path / "broker",
+        extra_config=(
+            f"cafile {pki.ca_file}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+            f"require_certificate true\nuse_identity_as_username true\nacl_file {acl}\n"
+        ),
+    )
+    broker.start()
+    keys = Keys(tmp_path, KIOSK)
+    centre_cert, centre_key = pki.issue("ektp-central")
+    kiosk_cert, kiosk_key = pki.issue(KIOSK)
+    centre = Centre(
+        tmp_path / "c",
+        broker.port,
+        keys,
+        mqtt={"tls": True, "ca_file": pki.ca_file, "cert_file": centre_cert, "key_file": centre_key},
+    )
+    kiosk = Kiosk(
+        tmp_path / "k",
+        broker.port,
+        keys,
+        extra_mqtt=f'tls = true\nca_file = "{pki.ca_file}"\ncert_file = "{kiosk_cert}"\nkey_file = "{kiosk_key}"\n',
+    )
+    try:
+        kiosk.commit(5)
+        wait_for(lambda: kiosk.stats().delivered == 5, 30, "delivery over TLS")
+        assert_exactly_once(centre, kiosk)
+        status = centre.status(KIOSK)
+        assert status is not None and status["state"] == "online"  # the ACL let the status through
+        assert kiosk.link.stats.refused_pubacks == 0
+    finally:
+        kiosk.stop()
+        centre.stop()
+        broker.stop()
+
+
+def test_a_kiosk_without_a_client_certificate_is_refused_and_keeps_everything(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    broker = Broker(
+        tmp_path / "broker",
+        extra_config=(
+            f"cafile {pki.ca_file}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+        ),
+    )
+    broker.start()
+    keys = Keys(tmp_path, KIOSK)
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys, extra_mqtt=f'tls = true\nca_file = "{pki.ca_file}"\n')
+    try:
+        kiosk.commit(2)
+        wait_for(lambda: bool(kiosk.link.stats.last_error), 10, "the refusal to show in health")
+        assert not kiosk.link.stats.connected
+        assert kiosk.stats().pending == 2
+    finally:
+        kiosk.stop()
+        broker.stop()
+
+
+def test_username_and_password_file(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwd), KIOSK, "s3cret-kiosk"], check=True, timeout=30
+    )
+    broker = Broker(tmp_path / "broker", extra_config=f"password_file {passwd}\n")
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    broker.start()
+    keys = Keys(tmp_path, KIOSK)
+    good, bad = tmp_path / "good.pw", tmp_path / "bad.pw"
+    good.write_text("s3cret-kiosk\n")
+    bad.write_text("wrong\n")
+    for f in (good, bad):
+        f.chmod(0o600)
+    wrong = Kiosk(
+        tmp_path / "k1", broker.port, keys, extra_mqtt=f'username = "{KIOSK}"\npassword_file = "{bad}"\n'
+    )
+    try:
+        wait_for(lambda: "refused" in wrong.link.stats.last_error, 10, "a refused connection")
+        assert not wrong.link.stats.connected
+    finally:
+        wrong.stop()
+    right = Kiosk(
+        tmp_path / "k2", broker.port, keys, extra_mqtt=f'username = "{KIOSK}"\npassword_file = "{good}"\n'
+    )
+    try:
+        wait_for(lambda: right.link.stats.connected, 10, "a connection with the right password")
+        assert right.link.stats.last_error == ""
+    finally:
+        right.stop()
+        broker.stop()
