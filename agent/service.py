@@ -131,7 +131,7 @@ class Service:
             self.simulator = Simulator(c.sim_dir)
             await asyncio.to_thread(self.simulator.attach_or_start)
         self.kiosk_key = load_kiosk_private(c.kiosk_private_key)
-        central = load_central_public(c.keys.central_public_key)
+        self.central_keys = central = load_central_public(c.keys.central_public_key)
         self.outbox = await self._db(lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes))
         self.devices = Devices(build_drivers(c, simulate=self.simulate), on_change=self._health_changed)
         self.link = Link(c, self.outbox, central, db=self.db, health=self.health)
@@ -331,7 +331,7 @@ class Service:
     async def _commit(self, record: EnrollmentRecord) -> dict[str, Any]:
         assert self.outbox is not None
         c, key = self.config, self.kiosk_key
-        central = load_central_public(c.keys.central_public_key).encryption
+        central = self.central_keys.encryption
         synced = await asyncio.to_thread(clock_synced)
 
         def build(seq: int) -> Any:
