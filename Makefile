@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy agent drivers
+	$(VENV)/bin/mypy agent drivers wire
 
 pytest: setup
 	$(VENV)/bin/pytest -q

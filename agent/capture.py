@@ -23,17 +23,6 @@ from typing import TypeVar, cast
 from PIL import Image
 
 from agent.devices import DEVICE_NAMES, CaptureReport, Devices
-from agent.nik import validate_nik
-from agent.record import (
-    Demographics,
-    EnrollmentRecord,
-    FaceImage,
-    FingerException,
-    FingerPosition,
-    Fingerprint,
-    IrisImage,
-    Signature,
-)
 from drivers.base import Peripheral
 from drivers.camera.device import FaceCamera
 from drivers.errors import DriverError
@@ -43,6 +32,17 @@ from drivers.iris import device as iris_device
 from drivers.iris.device import IrisCamera
 from drivers.signature import device as signature_device
 from drivers.signature.device import SignaturePad
+from wire.nik import validate_nik
+from wire.record import (
+    Demographics,
+    EnrollmentRecord,
+    FaceImage,
+    FingerException,
+    FingerPosition,
+    Fingerprint,
+    IrisImage,
+    Signature,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("ektp.capture")

@@ -15,7 +15,7 @@ import click
 
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, as_dict, config_path, load_config
-from agent.keys import (
+from wire.keys import (
     KeyFileError,
     create_kiosk_key,
     key_fingerprint,

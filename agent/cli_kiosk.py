@@ -38,9 +38,9 @@ from agent.cli import (
 from agent.config import AgentConfig
 from agent.devices import DEVICE_NAMES, SELF_TEST_TIMEOUT_S, as_configured, build_drivers
 from agent.health import HealthReporter
-from agent.keys import KeyFileError
 from agent.outbox import Outbox, OutboxError, StoreNotFound
 from drivers.health import DeviceState, SelfTestResult
+from wire.keys import KeyFileError
 
 STATE_STYLE = {"ok": "green", "degraded": "yellow", "fault": "bold red", "absent": "red"}
 SYNC_POLL_S = 0.5

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
+
 DEFAULT_CONFIG_PATH = Path("/etc/ektp-agent/config.toml")
 CONFIG_ENV = "EKTP_CONFIG"
 SYSTEMD_RUNTIME_DIR = Path("/run/ektp-agent")  # RuntimeDirectory=ektp-agent of systemd/ektp-agent.service
-KIOSK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 
 
 class ConfigError(Exception):

@@ -43,11 +43,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.ack import MAX_BODY as ACK_MAX_BODY
-from agent.ack import AckError, AckStatus, verify_ack
 from agent.config import AgentConfig
-from agent.keys import CentralPublicKeys
 from agent.outbox import Outbox
+from wire.ack import MAX_BODY as ACK_MAX_BODY
+from wire.ack import AckError, AckStatus, verify_ack
+from wire.keys import CentralPublicKeys
 
 log = logging.getLogger("ektp.link")
 

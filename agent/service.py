@@ -26,15 +26,15 @@ from agent.clock import clock_synced
 from agent.config import AgentConfig
 from agent.devices import Devices, build_drivers
 from agent.health import HealthReporter
-from agent.keys import load_central_public, load_kiosk_private
 from agent.link import Link
-from agent.nik import InvalidNik
 from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
-from agent.packet import seal
-from agent.record import Demographics, EnrollmentRecord, InvalidRecord
 from agent.sd_notify import Notifier
 from agent.simulator import Simulator
 from agent.synthetic import SyntheticRecords
+from wire.keys import load_central_public, load_kiosk_private
+from wire.nik import InvalidNik
+from wire.packet import seal
+from wire.record import Demographics, EnrollmentRecord, InvalidRecord
 
 log = logging.getLogger("ektp.service")
 

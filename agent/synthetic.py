@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
-from agent.nik import Sex
-from agent.record import (
+from wire.nik import Sex
+from wire.record import (
     Demographics,
     EnrollmentRecord,
     FaceImage,

@@ -46,20 +46,20 @@ from drain_baselines import durable_publish, raw_publish
 from drain_centre import CentreSide
 
 from agent.config import AgentConfig, parse_config
-from agent.keys import (
+from agent.link import Link
+from agent.outbox import Outbox
+from hw_sim.residents import synthetic_resident
+from tests.factories import record_from_resident
+from tests.netkit import Broker, mosquitto_binary
+from wire.keys import (
     CentralPublicKeys,
     create_central_keys,
     create_kiosk_key,
     load_central_public,
     public_path,
 )
-from agent.link import Link
-from agent.outbox import Outbox
-from agent.packet import SealedPacket, seal
-from agent.record import EnrollmentRecord
-from hw_sim.residents import synthetic_resident
-from tests.factories import record_from_resident
-from tests.netkit import Broker, mosquitto_binary
+from wire.packet import SealedPacket, seal
+from wire.record import EnrollmentRecord
 
 KIOSK = "320715-01"
 PREFIX = "ektp/v1"

@@ -105,10 +105,10 @@ class _NotOurDisconnect(logging.Filter):
 
 def _central_main(params: dict[str, Any], ready: Any, stop: Any, results: Any) -> None:
     _child_setup()
-    from agent.keys import load_central_private
     from central.config import CentralConfig, CentralMqtt
     from central.consumer import CentralConsumer
     from central.store import open_store
+    from wire.keys import load_central_private
 
     db = str(params["db"])
     store = open_store(db)

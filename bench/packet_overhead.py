@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.packet import open_packet, packet_overhead, seal
 from hw_sim.residents import synthetic_resident
 from tests.factories import record_from_resident
+from wire.packet import open_packet, packet_overhead, seal
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from agent.keys import public_path
 from central.store import open_store
 from tests.linkkit import Keys, Kiosk
 from tests.netkit import free_port, mosquitto_binary
+from wire.keys import public_path
 
 NS_HOST, NS_PEER = "10.231.7.1", "10.231.7.2"  # inside our own namespace and veth only
 

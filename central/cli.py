@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agent import __version__
-from agent.config import ConfigError
-from agent.keys import KeyFileError, create_central_keys, key_fingerprint, public_path, raw_public
-from central.config import DEFAULT_CENTRAL_CONFIG, CentralConfig, load_central_config
+from central.config import DEFAULT_CENTRAL_CONFIG, CentralConfig, ConfigError, load_central_config
+from wire import __version__
+from wire.keys import KeyFileError, create_central_keys, key_fingerprint, public_path, raw_public
 
 if TYPE_CHECKING:
     from central.store import CentralStore
@@ -176,9 +175,9 @@ def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_js
 
     from cryptography.hazmat.primitives import serialization
 
-    from agent.config import KIOSK_ID_RE
-    from agent.keys import load_kiosk_public
     from central.store import KioskAlreadyRegistered
+    from wire.keys import load_kiosk_public
+    from wire.names import KIOSK_ID_RE
 
     if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
         fail(

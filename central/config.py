@@ -9,11 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import TOPIC_PREFIX_RE, ConfigError
+from wire.names import TOPIC_PREFIX_RE
 
 DEFAULT_CENTRAL_CONFIG = Path("/etc/ektp-central/config.toml")
 DEFAULT_STORE_URL = "/var/lib/ektp-central/central.db"
 DEFAULT_PRIVATE_KEY = Path("/var/lib/ektp-central/central.key")
+
+
+class ConfigError(Exception):
+    """A central config value that cannot be used: names the file, the key, the value and what is expected."""
+
+    def __init__(self, key: str, value: object, expected: str, *, path: Path | None = None) -> None:
+        where = f"config {path}: " if path else "config: "
+        super().__init__(f"{where}{key} = {value!r} is invalid: expected {expected}")
+        self.key, self.value, self.expected, self.path = key, value, expected, path
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,12 +34,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.ack import AckResult, AckStatus, sign_ack
-from agent.keys import CentralPrivateKeys
-from agent.packet import PacketError, read_header
 from central.config import CentralConfig
 from central.ingest import Ingestor
 from central.store import CentralStore, StoreError
+from wire.ack import AckResult, AckStatus, sign_ack
+from wire.keys import CentralPrivateKeys
+from wire.packet import PacketError, read_header
 
 log = logging.getLogger("ektp.central")
 

@@ -18,10 +18,10 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.keys import CentralPrivateKeys
-from agent.packet import MAX_BODY_BYTES, PacketError, PacketHeader, open_packet, read_header, verify
-from agent.record import EnrollmentRecord
 from central.store import CentralStore, StoreOutcome, check_source
+from wire.keys import CentralPrivateKeys
+from wire.packet import MAX_BODY_BYTES, PacketError, PacketHeader, open_packet, read_header, verify
+from wire.record import EnrollmentRecord
 
 log = logging.getLogger(__name__)
 

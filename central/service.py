@@ -8,10 +8,10 @@ import sys
 import threading
 from types import FrameType
 
-from agent.keys import load_central_private
 from central.config import CentralConfig
 from central.consumer import CentralConsumer
 from central.store import open_store
+from wire.keys import load_central_private
 
 log = logging.getLogger("ektp.central")
 

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.config import KIOSK_ID_RE
 from central.fleet import FleetRow, build_fleet
+from wire.names import KIOSK_ID_RE
 
 if TYPE_CHECKING:
-    from agent.packet import PacketHeader
+    from wire.packet import PacketHeader
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class CentralStore(ABC):
 
     def kiosks(self) -> list[dict[str, Any]]:
         """Registered kiosks: ``kiosk``, ``fingerprint``, ``added_at``."""
-        from agent.keys import key_fingerprint, raw_public
+        from wire.keys import key_fingerprint, raw_public
 
         with self._tx(write=False) as sql:
             rows = sql("SELECT id, public_key, added_at FROM kiosks ORDER BY id").fetchall()

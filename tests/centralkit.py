@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.keys import CentralPrivateKeys, create_central_keys
-from agent.packet import SealedPacket, seal
-from agent.record import EnrollmentRecord
 from tests.factories import small_record
+from wire.keys import CentralPrivateKeys, create_central_keys
+from wire.packet import SealedPacket, seal
+from wire.record import EnrollmentRecord
 
 PG_URL = os.environ.get("EKTP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -7,8 +7,12 @@ import random
 
 from PIL import Image
 
-from agent.nik import Sex
-from agent.record import (
+from agent.synthetic import jpeg_of, record_from_resident, render_signature
+from hw_sim.residents import (
+    encode_png_gray,
+)
+from wire.nik import Sex
+from wire.record import (
     Demographics,
     EnrollmentRecord,
     FaceImage,
@@ -17,10 +21,6 @@ from agent.record import (
     Fingerprint,
     IrisImage,
     Signature,
-)
-from agent.synthetic import jpeg_of, record_from_resident, render_signature
-from hw_sim.residents import (
-    encode_png_gray,
 )
 
 __all__ = ["jpeg_of", "record_from_resident", "render_signature", "small_record"]

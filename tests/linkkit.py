@@ -22,21 +22,21 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse_config
-from agent.keys import (
+from agent.link import Link
+from agent.outbox import Outbox
+from central.config import CentralConfig, CentralMqtt
+from central.consumer import CentralConsumer
+from central.store import CentralStore, open_store
+from tests.factories import record_from_resident
+from wire.keys import (
     CentralPrivateKeys,
     create_central_keys,
     create_kiosk_key,
     load_central_public,
     public_path,
 )
-from agent.link import Link
-from agent.outbox import Outbox
-from agent.packet import SealedPacket, seal
-from agent.record import EnrollmentRecord
-from central.config import CentralConfig, CentralMqtt
-from central.consumer import CentralConsumer
-from central.store import CentralStore, open_store
-from tests.factories import record_from_resident
+from wire.packet import SealedPacket, seal
+from wire.record import EnrollmentRecord
 
 _RECORD: EnrollmentRecord | None = None
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.keys import create_kiosk_key, load_central_private, public_path
 from tests import centralkit
 from tests.centralkit import Kiosk
+from wire.keys import create_kiosk_key, load_central_private, public_path
 
 CENTRAL = Path(sys.executable).parent / "ektp-central"
 

@@ -10,11 +10,11 @@ from uuid import UUID
 import pytest
 
 import central.ingest
-from agent.packet import PacketError
 from central.ingest import Ingestor, PacketNotStored
 from central.store import CentralStore, StoreError, StoreInputError, open_store
 from tests import centralkit
 from tests.centralkit import Kiosk
+from wire.packet import PacketError
 
 
 @pytest.fixture(params=centralkit.BACKENDS)

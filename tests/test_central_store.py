@@ -12,8 +12,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.keys import raw_public
-from agent.packet import PacketHeader, read_header
 from central.store import (
     CentralStore,
     KioskAlreadyRegistered,
@@ -26,6 +24,8 @@ from central.store import (
 )
 from tests import centralkit
 from tests.centralkit import Kiosk
+from wire.keys import raw_public
+from wire.packet import PacketHeader, read_header
 
 
 @pytest.fixture(params=centralkit.BACKENDS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.keys import (
+from wire.keys import (
     KeyFileExists,
     KeyFileInsecure,
     KeyFileInvalid,

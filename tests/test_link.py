@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.ack import AckResult, AckStatus, sign_ack
 from tests.linkkit import Centre, Keys, Kiosk, Watcher, all_delivered, assert_exactly_once, wait_for
 from tests.netkit import Broker, TcpProxy
+from wire.ack import AckResult, AckStatus, sign_ack
 
 KIOSK = "320715-01"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import agent.link
-from agent.record import EnrollmentRecord
 from tests.factories import small_record as tiny_record
 from tests.linkkit import Centre, Keys, Kiosk, all_delivered, assert_exactly_once, wait_for
 from tests.netkit import Broker
+from wire.record import EnrollmentRecord
 
 KIOSK = "320715-01"
 OVERSIZE_LOG = "over the broker's maximum packet size"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.nik import InvalidNik, NikInfo, Sex, validate_nik
 from hw_sim.residents import synthetic_resident
+from wire.nik import InvalidNik, NikInfo, Sex, validate_nik
 
 TODAY = dt.date(2026, 11, 27)
 

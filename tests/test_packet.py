@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.nik import Sex
-from agent.packet import (
+from hw_sim.residents import synthetic_resident
+from tests.factories import png_gray, record_from_resident, small_record
+from wire.nik import Sex
+from wire.packet import (
     FIXED_HEADER_LEN,
     MAX_BODY_BYTES,
     PacketError,
@@ -35,7 +37,7 @@ from agent.packet import (
     uuid7,
     verify,
 )
-from agent.record import (
+from wire.record import (
     Demographics,
     EnrollmentRecord,
     FingerException,
@@ -44,8 +46,6 @@ from agent.record import (
     IrisImage,
     Signature,
 )
-from hw_sim.residents import synthetic_resident
-from tests.factories import png_gray, record_from_resident, small_record
 
 KIOSK = "320715-01"
 KIOSK_KEY = Ed25519PrivateKey.generate()

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from agent.nik import Sex
-from agent.record import (
+from tests.factories import jpeg_of, png_gray, small_demographics, small_fingers, small_record
+from wire.nik import Sex
+from wire.record import (
     MAX_COORD,
     RECORD_VERSION,
     EnrollmentRecord,
@@ -27,7 +28,6 @@ from agent.record import (
     IrisImage,
     Signature,
 )
-from tests.factories import jpeg_of, png_gray, small_demographics, small_fingers, small_record
 
 
 def _raises(field: str, fn: object, *args: object, **kwargs: object) -> InvalidRecord:
@@ -188,7 +188,7 @@ def test_future_birth_date_is_refused() -> None:
 
 
 def test_a_kiosk_clock_in_1970_does_not_make_birth_dates_future(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("agent.nik._system_date", lambda: dt.date(1970, 1, 1))
+    monkeypatch.setattr("wire.nik._system_date", lambda: dt.date(1970, 1, 1))
     assert small_record().demographics.birth_date == dt.date(2001, 1, 5)
 
 

@@ -19,11 +19,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.ack import AckResult, AckStatus, sign_ack
-from agent.keys import load_central_private
 from tests.agentkit import Kit
 from tests.chaos.test_chaos import check_exactly_once, collect, enroll_direct
 from tests.netkit import Broker, TcpProxy
+from wire.ack import AckResult, AckStatus, sign_ack
+from wire.keys import load_central_private
 
 FULL = os.environ.get("EKTP_CHAOS") == "full"
 KIOSK = "320715-01"

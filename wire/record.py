@@ -28,7 +28,7 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from agent.nik import InvalidNik, Sex, validate_nik
+from wire.nik import InvalidNik, Sex, validate_nik
 
 RECORD_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024 * 1024

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import secrets
 import struct
 import threading
@@ -50,7 +49,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.record import EnrollmentRecord, InvalidRecord
+from wire.names import KIOSK_ID_RE
+from wire.record import EnrollmentRecord, InvalidRecord
 
 MAGIC = b"EKTP"
 FORMAT_VERSION = 1
@@ -65,7 +65,6 @@ PUBLIC_KEY_LEN, SIGNATURE_LEN = 32, 64
 
 _FIXED = struct.Struct(">4sBB16sQqII32sB")  # everything up to and including the kiosk id length
 FIXED_HEADER_LEN = _FIXED.size  # 79
-KIOSK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
