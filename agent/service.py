@@ -243,7 +243,7 @@ class Service:
 
     async def _api_sync(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         assert self.link is not None and self.outbox is not None
-        self.link.wake()
+        self.link.sync_now()
         stats = await self._db(self.outbox.stats)
         yield {"undelivered": stats.pending + stats.sent, "connected": self.link.stats.connected}
 
