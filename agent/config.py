@@ -86,6 +86,11 @@ class MqttConfig:
     password_file: Path | None = None
     keepalive_s: int = field(default=30, metadata=_check(lambda v: 5 <= v <= 3600, "seconds, 5-3600"))
     window: int = field(default=16, metadata=_check(lambda v: 1 <= v <= 1024, "packets in flight, 1-1024"))
+    # the smallest chunk a packet crosses the link in: 8 KiB is one second at 64 kbit/s; on a
+    # faster link the chunk grows with the measured rate up to the whole packet
+    chunk_bytes: int = field(
+        default=8192, metadata=_check(lambda v: 1024 <= v <= 16 * 1024 * 1024, "bytes, 1024-16777216")
+    )
     ack_timeout_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))
     reconnect_min_s: float = field(default=1.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))
     reconnect_max_s: float = field(default=120.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))

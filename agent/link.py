@@ -3,20 +3,22 @@
 One ``Link`` owns the MQTT connection. Each connection attempt gets a fresh paho client
 (with paho's own reconnect off, and the Will carrying this connection's counter), so
 paho's in-memory queue never carries anything across a reconnect: the outbox is the
-only durable queue, and after every (re)connect the drain re-sends every undelivered
-packet in seq order, a window at a time. paho callbacks run on its network thread; they
-only put events on the core's queue (``loop.call_soon_threadsafe``) and never block or
-raise. A packet is in the window from its publish until the centre's signed ack:
+only durable queue. paho callbacks run on its network thread; they only put events on
+the core's queue (``loop.call_soon_threadsafe``) and never block or raise.
 
-    pending --publish, PUBACK success--> sent --verified ack "stored"/"duplicate"--> delivered
-                                          sent --verified ack "rejected"--> rejected (kept)
-    PUBACK failure code: published again after RETRY_AFTER_REFUSAL_S
-    no ack within ack_timeout_s: published again (the centre is idempotent)
-    larger than the broker's Maximum Packet Size: not published, listed in health, kept
+A packet crosses the link in chunks (wire.chunk, protocol 2) that the centre keeps
+durably; the window of chunks, their size and the centre's answers are the business of
+agent.transfer. In the outbox:
 
-The window is ``min(mqtt.window, broker Receive Maximum)`` packets, and every QoS 1
-publish (packets, status, health) awaiting its PUBACK counts against the Receive
-Maximum. An outbox call that fails is logged, shown in health (``link.last_error``) and
+    pending --first chunk PUBACKed--> sent --ack stored/duplicate, same SHA-256--> delivered
+    pending|sent --ack rejected/conflict, same SHA-256--> rejected (kept; ``ektp-agent resubmit``)
+    ack damaged: the packet goes again from its start (attempts + 1), with backoff
+    PUBACK failure code: that chunk goes again after a pause (0x10, nobody consuming: soon)
+    no answer within ack_timeout_s, or a reconnect: the centre is asked what it holds (probe)
+
+Every QoS 1 publish (chunks, status, health) awaiting its PUBACK counts against the
+broker's Receive Maximum, and a chunk is never larger than the broker's Maximum Packet
+Size. An outbox call that fails is logged, shown in health (``link.last_error``) and
 tried again after OUTBOX_RETRY_S; nothing in the link ends ``run()`` but ``stop()``.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -45,8 +48,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentConfig
 from agent.outbox import Outbox
+from agent.transfer import Outcome, Sent, TransferWindow
 from wire.ack import MAX_BODY as ACK_MAX_BODY
-from wire.ack import AckError, AckStatus, verify_ack
+from wire.ack import AckError, AckResult, verify_ack
+from wire.chunk import HEAD_LEN, Chunk, packet_sha256
 from wire.keys import CentralPublicKeys
 
 log = logging.getLogger("ektp.link")
@@ -54,21 +59,12 @@ log = logging.getLogger("ektp.link")
 CONNECT_TIMEOUT_S = 10.0
 STOP_PUBLISH_WAIT_S = 2.0
 TICK_S = 0.5  # how often the drain looks at ack deadlines and retry times
-RETRY_AFTER_REFUSAL_S = 5.0  # a PUBACK with a failure code: try that packet again after this
 OUTBOX_RETRY_S = 5.0  # an outbox call failed: the drain tries again after this
 STABLE_SESSION_S = 10.0  # a connection that lasted this long resets the reconnect backoff
 MQTT_OVERHEAD = 512  # fixed header, topic and user properties, generously
+NO_MATCHING_SUBSCRIBERS = 0x10  # PUBACK reason: accepted, but nobody subscribes (no centre running)
 MAX_INCOMING_PACKET = ACK_MAX_BODY + 64 * 1024  # told to the broker: it drops anything larger for us
 T = TypeVar("T")
-
-
-@dataclass
-class Flight:
-    packet_id: str
-    seq: int
-    published_at: float
-    mid: int
-    pubacked: bool = False
 
 
 @dataclass
@@ -80,8 +76,13 @@ class LinkStats:
     connected_since: float | None = None
     receive_maximum: int | None = None
     maximum_packet_size: int | None = None
-    in_flight: int = 0
+    in_flight: int = 0  # packets in the transfer window
     in_flight_peak: int = 0  # the most packets ever in the window at once
+    in_flight_bytes: int = 0  # published and not yet confirmed by the centre
+    rate_bytes_per_s: int = 0  # the rate at which the centre confirms bytes, as measured
+    chunk_bytes: int = 0  # the chunk size now in use
+    damaged: int = 0  # packets the centre received damaged (sent again)
+    probes: int = 0  # "what do you hold?" questions to the centre (resumes)
     awaiting_puback: int = 0  # QoS 1 publishes of any kind the broker has not PUBACKed yet
     awaiting_puback_peak: int = 0
     published: int = 0
@@ -89,7 +90,6 @@ class LinkStats:
     refused_pubacks: int = 0
     outbox_errors: int = 0
     ignored_acks: Counter[str] = field(default_factory=Counter)
-    oversize: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,11 +97,15 @@ class LinkStats:
             "reconnects": self.reconnects,
             "connection": self.connection,
             "in_flight": self.in_flight,
+            "in_flight_bytes": self.in_flight_bytes,
+            "rate_bytes_per_s": self.rate_bytes_per_s,
+            "chunk_bytes": self.chunk_bytes,
+            "damaged": self.damaged,
+            "probes": self.probes,
             "published": self.published,
             "republished": self.republished,
             "refused_pubacks": self.refused_pubacks,
             "ignored_acks": sum(self.ignored_acks.values()),
-            "oversize_packets": sorted(self.oversize),
             "broker_receive_maximum": self.receive_maximum,
             "broker_maximum_packet_size": self.maximum_packet_size,
             "last_error": self.last_error,
@@ -175,16 +179,19 @@ class Link:
         self._slot_freed = asyncio.Event()  # a PUBACK arrived: room under the broker's Receive Maximum
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flights: dict[str, Flight] = {}
-        self._mids: dict[int, str] = {}  # mid of a packet's latest publish -> packet id
+        self._connect_now = asyncio.Event()  # a sync was asked for: cut the reconnect backoff short
+        self.window = TransferWindow(
+            chunk_bytes=config.mqtt.chunk_bytes,
+            max_packets=config.mqtt.window,
+            stall_s=config.mqtt.ack_timeout_s,
+        )
+        self._chunks: dict[int, Sent] = {}  # mid of a chunk's publish -> the chunk
+        self._marked_sent: set[str] = set()  # packets whose first chunk was PUBACKed (pending -> sent)
         self._awaiting: dict[int, str] = {}  # mid of every QoS 1 publish without its PUBACK -> what it is
-        self._retry: dict[str, float] = {}
         # Outcomes written to the outbox at the drain's next quiet moment, one transaction each,
         # so the outbox's fsyncs overlap the centre's commit instead of stalling the window:
         self._sent_unwritten: list[str] = []  # PUBACKed with success
-        self._delivered_unwritten: list[
-            str
-        ] = []  # in a verified ack as stored or duplicate  # packet id -> monotonic time it may go again
+        self._delivered_unwritten: list[str] = []  # in a verified ack as stored or duplicate
         self._outbox_errors: dict[str, str] = {}  # failing outbox action -> its message
         self._refused_logged: set[str] = set()
 
@@ -193,6 +200,11 @@ class Link:
     def wake(self) -> None:
         """New packets were committed or a sync was asked for: look at the outbox now."""
         self._wake.set()
+
+    def sync_now(self) -> None:
+        """Someone asked for a sync: look at the outbox now and, if the link is down, try it now."""
+        self._wake.set()
+        self._connect_now.set()
 
     def health_changed(self) -> None:
         """Publish health now rather than at the next interval."""
@@ -222,7 +234,8 @@ class Link:
             if self._stopping.is_set():
                 break
             attempt += 1
-            await self._sleep_or_stop(self._backoff(attempt))
+            self._connect_now.clear()
+            await self._sleep_or_stop(self._backoff(attempt), self._connect_now)
 
     # ------------------------------------------------------------------------- connection
 
@@ -266,7 +279,7 @@ class Link:
             reconnect_on_failure=False,
         )
         client.suppress_exceptions = True
-        client.max_inflight_messages_set(m.window + 8)  # the window plus status and health
+        client.max_inflight_messages_set(65535)  # the link keeps within the broker's Receive Maximum itself
         client.max_queued_messages_set(0)
         client.will_set(self.topic_status, self._status_payload("offline", connection), qos=1, retain=True)
         if m.tls:
@@ -360,6 +373,9 @@ class Link:
             s.reconnects += 1
         s.connected, s.connection, s.connected_since = True, connection, time.monotonic()
         s.receive_maximum, s.maximum_packet_size, s.last_error = receive_max, max_packet, ""
+        self.window.max_message = (
+            None if max_packet is None else max(1024, max_packet - MQTT_OVERHEAD - HEAD_LEN)
+        )
         self._outbox_errors.clear()
         log.info(
             "connected to %s:%d (connection %d, broker receive maximum %s, maximum packet size %s)",
@@ -383,15 +399,21 @@ class Link:
             self._events.get_nowait()
         self.stats.connected = False
         self.stats.connected_since = None
-        self._flights.clear()
-        self._mids.clear()
+        self.window.connection_lost()
+        self._chunks.clear()
         self._awaiting.clear()
-        self._retry.clear()
-        self.stats.in_flight = self.stats.awaiting_puback = 0
+        self.stats.awaiting_puback = 0
+        self._note_window()
 
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _sleep_or_stop(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if cut_short is not None:
+            waits.append(asyncio.ensure_future(cut_short.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _next_event(self, timeout: float, wake: asyncio.Event) -> _Event | None:
         """The next event from paho, or None when ``wake`` is set or ``timeout`` passed."""
@@ -462,66 +484,46 @@ class Link:
     def _receive_maximum(self) -> int:
         return self.stats.receive_maximum or 65535
 
-    def _window(self) -> int:
-        return max(1, min(self.config.mqtt.window, self._receive_maximum()))
-
-    def _room(self) -> int:
-        """How many packets may be published now: the window, and the broker's Receive Maximum."""
-        return min(self._window() - len(self._flights), self._receive_maximum() - len(self._awaiting))
-
     async def _fill_window(self, client: mqtt.Client, cursor: int, exhausted: bool) -> tuple[int, bool]:
-        """Publish retries that are due, then packets after ``cursor``; returns (cursor, exhausted).
-
-        Room is looked at again after every outbox read: the health task may have taken a
-        slot under the broker's Receive Maximum meanwhile."""
-        now = time.monotonic()
-        for packet_id in [pid for pid, at in self._retry.items() if at <= now]:
-            if self._room() <= 0:
-                return cursor, exhausted
-            loaded = await self._db("load a packet to send again", self._load, packet_id)
-            if loaded is not None and self._room() <= 0:
-                return cursor, exhausted  # still due: it goes at the next look
-            del self._retry[packet_id]  # only now: a failed load leaves it due
-            if loaded is not None:  # None: delivered or rejected meanwhile
-                self._publish(client, packet_id, loaded[0], loaded[1], again=True)
-        room = self._room()
-        if room <= 0 or exhausted:
-            return cursor, exhausted
-        batch = await self._db(
-            "read the next packets", lambda: self.outbox.next_batch(cursor, room, include_sent=True)
-        )
-        for item in batch:
-            skip = item.packet_id in self._flights or item.packet_id in self._retry
-            if skip or self._too_big(item.packet_id, len(item.data)):
-                pass
-            elif self._room() <= 0:
-                return cursor, False  # this one and the rest are read again at the next look
-            else:
-                self._publish(client, item.packet_id, item.seq, item.data)
-            cursor = max(cursor, item.seq)
-        return cursor, len(batch) < room
-
-    def _fits(self, size: int, overhead: int = MQTT_OVERHEAD) -> bool:
-        limit = self.stats.maximum_packet_size
-        return limit is None or size + overhead <= limit
-
-    def _too_big(self, packet_id: str, size: int) -> bool:
-        if self._fits(size):
-            if packet_id in self.stats.oversize:  # the broker's limit went up: it goes now
-                self.stats.oversize.discard(packet_id)
-                self.health_changed()
-            return False
-        if packet_id not in self.stats.oversize:
-            self.stats.oversize.add(packet_id)
-            log.error(
-                "packet %s is %d bytes, over the broker's maximum packet size %d: kept in the outbox, not sent; "
-                "raise the broker's max_packet_size or export the packet (`ektp-agent export`)",
-                packet_id,
-                size,
-                self.stats.maximum_packet_size,
+        """Publish the chunks that are due, reading packets from the outbox as the window wants them;
+        returns (cursor, exhausted). Room under the broker's Receive Maximum is looked at before
+        every publish: the health task may take a slot meanwhile."""
+        window = self.window
+        while len(self._awaiting) < self._receive_maximum():
+            chunk = window.next_chunk()
+            if chunk is not None:
+                self._publish(client, chunk)
+                continue
+            wanted = 0 if exhausted else window.packets_wanted()
+            if wanted <= 0:
+                break
+            batch = await self._db(
+                "read the next packets",
+                functools.partial(self.outbox.next_batch, include_sent=True),
+                cursor,
+                wanted,
             )
-            self.health_changed()
-        return True
+            for item in batch:
+                cursor = max(cursor, item.seq)
+                if item.packet_id not in window.transfers:
+                    window.add(
+                        item.packet_id, item.seq, item.data, resume=item.state == "sent" or item.attempts > 0
+                    )
+            if len(batch) < wanted:
+                exhausted = True
+            if not batch:
+                break
+        self._note_window()
+        return cursor, exhausted
+
+    def _note_window(self) -> None:
+        s, w = self.stats, self.window
+        s.in_flight = len(w.transfers)
+        s.in_flight_peak = max(s.in_flight_peak, s.in_flight)
+        s.in_flight_bytes = w.in_flight()
+        s.rate_bytes_per_s = round(w.rate)
+        s.chunk_bytes = w.chunk_size()
+        s.damaged, s.probes = w.damaged, w.probes
 
     def _track(self, info: mqtt.MQTTMessageInfo, what: str) -> bool:
         """Count a QoS 1 publish against the broker's Receive Maximum until its PUBACK."""
@@ -533,22 +535,26 @@ class Link:
         s.awaiting_puback_peak = max(s.awaiting_puback_peak, s.awaiting_puback)
         return True
 
-    def _publish(
-        self, client: mqtt.Client, packet_id: str, seq: int, data: bytes, *, again: bool = False
-    ) -> None:
+    def _publish(self, client: mqtt.Client, chunk: Chunk) -> None:
+        t = self.window.transfers[chunk.packet_id]
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.UserProperty = [("packet-id", packet_id), ("seq", str(seq)), ("kiosk", self.kiosk)]
-        info = client.publish(self.topic_enrollment, data, qos=1, properties=props)
-        if not self._track(info, "enrollment"):
-            self._retry[packet_id] = time.monotonic() + RETRY_AFTER_REFUSAL_S
+        props.UserProperty = [
+            ("packet-id", chunk.packet_id),
+            ("seq", str(t.seq)),
+            ("kiosk", self.kiosk),
+            ("offset", str(chunk.offset)),
+            ("total", str(chunk.total)),
+        ]
+        again = chunk.offset < t.next_offset or chunk.probe
+        sent = self.window.published(chunk)
+        info = client.publish(self.topic_enrollment, chunk.to_bytes(), qos=1, properties=props)
+        if not self._track(info, "enrollment"):  # paho refused it (connection going): try again later
+            self.window.refused(sent, no_subscribers=False)
             return
-        self._flights[packet_id] = Flight(packet_id, seq, time.monotonic(), info.mid)
-        self._mids[info.mid] = packet_id
+        self._chunks[info.mid] = sent
         s = self.stats
         s.published += 1
-        s.republished += int(again)
-        s.in_flight = len(self._flights)
-        s.in_flight_peak = max(s.in_flight_peak, s.in_flight)
+        s.republished += int(again and not chunk.probe)
 
     def _publish_status(self, client: mqtt.Client, state: str) -> mqtt.MQTTMessageInfo:
         info = client.publish(
@@ -562,9 +568,8 @@ class Link:
             what = self._awaiting.pop(event.mid, None)
             self.stats.awaiting_puback = len(self._awaiting)
             self._slot_freed.set()
-            packet_id = self._mids.pop(event.mid, None)
-            flight = self._flights.get(packet_id) if packet_id else None
-            if flight is None or packet_id is None:
+            sent = self._chunks.pop(event.mid, None)
+            if sent is None:
                 if (
                     what in ("status", "health")
                     and event.reason.is_failure
@@ -574,19 +579,25 @@ class Link:
                     log.warning(
                         "the broker refused the kiosk's %s message: %s (check its ACL)", what, event.reason
                     )
-                return  # status/health, or a packet already acked by the centre
-            if event.reason.is_failure:
-                # MQTT 5: the broker will not retransmit; nobody has the packet. Try again later.
-                self.stats.refused_pubacks += 1
-                log.warning(
-                    "broker refused packet %s (seq %d): %s; will retry", packet_id, flight.seq, event.reason
-                )
-                del self._flights[packet_id]
-                self._retry[packet_id] = time.monotonic() + RETRY_AFTER_REFUSAL_S
-                self.stats.in_flight = len(self._flights)
                 return
-            flight.pubacked = True
-            self._sent_unwritten.append(packet_id)
+            no_subscribers = event.reason.value == NO_MATCHING_SUBSCRIBERS
+            if event.reason.is_failure or no_subscribers:
+                # MQTT 5: the broker will not retransmit; nobody has the chunk. 0x10: no centre
+                # consumes yet (one is restarting): try again soon, not after the ack timeout.
+                self.stats.refused_pubacks += 1
+                self.window.refused(sent, no_subscribers=no_subscribers)
+                key = f"refused-{event.reason.value}"
+                if key not in self._refused_logged:
+                    self._refused_logged.add(key)
+                    log.warning(
+                        "the broker refused a chunk of packet %s: %s; will retry",
+                        sent.packet_id,
+                        event.reason,
+                    )
+                return
+            if not sent.probe and sent.packet_id not in self._marked_sent:
+                self._marked_sent.add(sent.packet_id)
+                self._sent_unwritten.append(sent.packet_id)
         elif isinstance(event, _Message) and event.topic == self.topic_ack:
             await self._on_ack(event.payload)
 
@@ -594,26 +605,77 @@ class Link:
         try:
             ack = verify_ack(payload, key=self.central_keys.signing, kiosk=self.kiosk)
         except AckError as exc:
-            self.stats.ignored_acks[exc.reason] += 1
-            n = self.stats.ignored_acks[exc.reason]
-            if n == 1 or n % 100 == 0:
-                log.warning("ignored a message on %s (%s, %d so far): %s", self.topic_ack, exc.reason, n, exc)
+            self._ignore_ack(exc.reason, f"{exc}")
             return
-        # The centre holds these packets durably: their room in the window is free at once and
-        # the next packets go out before the outbox writes the outcome down (_write_outcomes,
-        # after the refill). A crash before that write costs a resend that the centre acks as
-        # a duplicate; nothing is deleted on the kiosk before the write.
+        # The centre holds delivered packets durably: their room in the window is free at once and
+        # the next chunks go out before the outbox writes the outcome down (_write_outcomes,
+        # after the refill). A crash before that write costs a probe that the centre answers
+        # as a duplicate; nothing is deleted on the kiosk before the write.
         for r in ack.results:
-            flight = self._flights.pop(r.packet_id, None)
-            if flight is not None:
-                self._mids.pop(flight.mid, None)
-            self._retry.pop(r.packet_id, None)
-        self.stats.in_flight = len(self._flights)
-        self._delivered_unwritten.extend(r.packet_id for r in ack.results if r.status.delivered)
-        for r in ack.results:
-            if r.status is AckStatus.REJECTED:
-                log.error("the centre rejected packet %s: %s (kept on the kiosk)", r.packet_id, r.reason)
-                await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, r.reason)
+            outcome, t = self.window.apply(r)
+            if outcome is Outcome.OTHER_BYTES:
+                self._ignore_ack(
+                    "other-bytes", f"ack for packet {r.packet_id} names other bytes than the kiosk holds"
+                )
+            elif t is None and (r.status.delivered or r.status.refused):
+                outcome = await self._outcome_outside_window(r)
+            if outcome is Outcome.DELIVERED:
+                self._marked_sent.discard(r.packet_id)
+                self._delivered_unwritten.append(r.packet_id)
+            elif outcome is Outcome.REFUSED:
+                self._marked_sent.discard(r.packet_id)
+                log.error(
+                    "the centre refused packet %s (%s): %s (kept on the kiosk)",
+                    r.packet_id,
+                    r.status,
+                    r.reason,
+                )
+                await self._db(
+                    "mark a packet rejected",
+                    self.outbox.mark_rejected,
+                    r.packet_id,
+                    f"{r.status}: {r.reason}",
+                )
+            elif outcome is Outcome.DAMAGED:
+                assert t is not None
+                log.warning(
+                    "packet %s reached the centre damaged (%d times so far): %s; sending it again",
+                    r.packet_id,
+                    t.damaged,
+                    r.reason,
+                )
+                self.health_changed()
+                await self._db("count a new attempt", self.outbox.requeue, [r.packet_id])
+            elif outcome is Outcome.GAVE_UP:
+                assert t is not None
+                reason = (
+                    f"damaged in transit {t.damaged} times (last: {r.reason}); check the link and the outbox"
+                )
+                log.error("packet %s: %s; parked as rejected", r.packet_id, reason)
+                await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, reason)
+        self._note_window()
+
+    def _ignore_ack(self, reason: str, message: str) -> None:
+        self.stats.ignored_acks[reason] += 1
+        n = self.stats.ignored_acks[reason]
+        if n == 1 or n % 100 == 0:
+            log.warning("ignored a message on %s (%s, %d so far): %s", self.topic_ack, reason, n, message)
+
+    async def _outcome_outside_window(self, r: AckResult) -> Outcome:
+        """A final answer about a packet not in the window (e.g. after a restart): it counts only
+        if it names the exact bytes the outbox holds under that id."""
+        data = await self._db("read a packet to check an ack", self.outbox.get, r.packet_id)
+        if data is None:
+            return Outcome.NONE  # delivered or unknown: nothing to do
+        if packet_sha256(data) != r.sha256:
+            self._ignore_ack(
+                "other-bytes", f"ack for packet {r.packet_id} names other bytes than the kiosk holds"
+            )
+            return Outcome.NONE
+        info = await self._db("read a packet's state", self.outbox.info, r.packet_id)
+        if info is None or info.state not in ("pending", "sent"):
+            return Outcome.NONE
+        return Outcome.DELIVERED if r.status.delivered else Outcome.REFUSED
 
     async def _write_outcomes(self) -> None:
         """Write the PUBACKs and acks gathered since the last call, one transaction each.
@@ -636,14 +698,13 @@ class Link:
                 raise
 
     def _expire_flights(self) -> None:
-        """Packets published but not acked within ack_timeout_s go again (the centre is idempotent)."""
-        limit = time.monotonic() - self.config.mqtt.ack_timeout_s
-        for packet_id, flight in list(self._flights.items()):
-            if flight.published_at < limit:
-                del self._flights[packet_id]
-                self._mids.pop(flight.mid, None)  # its PUBACK, if it still comes, still frees its slot
-                self._retry[packet_id] = 0.0
-        self.stats.in_flight = len(self._flights)
+        """Transfers with no answer for ack_timeout_s are probed: the centre says what it holds."""
+        for t in self.window.stalled():
+            log.info(
+                "no answer about packet %s for %.0f s: asking the centre what it holds",
+                t.packet_id,
+                self.window.stall_s,
+            )
 
     # ------------------------------------------------------------------------- health and goodbye
 
@@ -663,7 +724,10 @@ class Link:
         payload = await self._health_payload()
         if payload is None:
             return
-        if not self._fits(len(payload), len(self.topic_health) + 16):  # header, topic, packet id
+        limit = self.stats.maximum_packet_size
+        if (
+            limit is not None and len(payload) + len(self.topic_health) + 16 > limit
+        ):  # header, topic, packet id
             if "health-too-big" not in self._refused_logged:
                 self._refused_logged.add("health-too-big")
                 log.error(
@@ -696,15 +760,6 @@ class Link:
             await asyncio.to_thread(info.wait_for_publish, STOP_PUBLISH_WAIT_S)
 
     # ------------------------------------------------------------------------- the outbox
-
-    def _load(self, packet_id: str) -> tuple[int, bytes] | None:
-        """(seq, bytes) of a packet still awaiting delivery; runs on the outbox's thread."""
-        info = self.outbox.info(packet_id)
-        if info is None or info.state not in ("pending", "sent"):
-            return None
-        self.outbox.requeue([packet_id])  # counts the attempt; the publish moves it to sent again
-        data = self.outbox.get(packet_id)
-        return None if data is None else (info.seq, data)
 
     async def _db(self, action: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the outbox's thread. :raises _OutboxFailed: it raised (logged, shown in health)"""

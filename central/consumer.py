@@ -1,12 +1,16 @@
 """The centre's MQTT side: consume enrollments, store them, acknowledge them; track the fleet.
 
-Enrollments arrive on a shared subscription (``$share/{group}/{prefix}/+/enrollment``) so
-that several consumers split the load. paho's network thread only queues messages; one
-worker thread owns the store and handles them in batches: verify, store the whole batch
-in one transaction (group commit), publish one signed ack per kiosk, and only then PUBACK
-each message (``manual_ack``), so a crash before the commit makes the broker or the kiosk
-send the packet again. Status and health use plain subscriptions (MQTT 5 sends no
-retained messages to shared subscriptions, and every consumer should see the fleet).
+Enrollments arrive as chunks (wire.chunk) on a shared subscription
+(``$share/{group}/{prefix}/+/enrollment``) so that several consumers split the load.
+paho's network thread only queues messages; one worker thread owns the store and handles
+them in batches: the chunks of a batch are kept durably in one transaction, a packet
+whose chunks are all there (or that came whole) is authenticated and stored (group
+commit), one signed ack per kiosk answers every chunk (``partial`` with the bytes held,
+or the packet's final status, each naming the packet's SHA-256), and only then is each
+message PUBACKed (``manual_ack``), so a crash before the commit makes the broker or the
+kiosk send it again. A probe chunk is answered from the store alone. Status and health
+use plain subscriptions (MQTT 5 sends no retained messages to shared subscriptions, and
+every consumer should see the fleet).
 
 A PUBACK goes only on the connection that delivered the message: packet ids belong to
 one connection, and after a reconnect the same id names another message. A store that
@@ -38,6 +42,7 @@ from central.config import CentralConfig
 from central.ingest import Ingestor
 from central.store import CentralStore, StoreError
 from wire.ack import AckResult, AckStatus, sign_ack
+from wire.chunk import Chunk, ChunkError, packet_sha256, parse_chunk
 from wire.keys import CentralPrivateKeys
 from wire.packet import PacketError, read_header
 
@@ -51,6 +56,7 @@ BATCH_QUIET_S = 0.002  # ... and stops waiting when none has come for this long
 MAX_JSON = 256 * 1024
 STORE_RETRY_MIN_S = 0.5  # a failed batch is stored again after this, doubling up to the max
 STORE_RETRY_MAX_S = 30.0
+EXPIRE_EVERY_S = 600.0  # how often partial transfers past [store] partial_expiry_s are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +95,19 @@ class CentralConsumer:
             m = self.config.mqtt
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = m.session_expiry_s
-            # A fresh session at start (no stale one of a dead process), then the same
-            # session across reconnects: what the broker queued meanwhile is delivered.
-            client.connect_async(
-                m.host, m.port, keepalive=30, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props
-            )
+            # The client id is stable (config: host name and instance), so a restart resumes this
+            # consumer's session: what the broker queued for it meanwhile is delivered, and no
+            # dead session of an earlier process keeps a share of the group's messages.
+            client.connect_async(m.host, m.port, keepalive=30, clean_start=False, properties=props)
             client.loop_start()
+            next_expiry = time.monotonic()
             while not self._stop.is_set():
                 batch = self._take_batch()
                 if batch:
                     self._handle(store, client, batch)
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + EXPIRE_EVERY_S
+                    self._expire_partials(store)
         finally:
             with contextlib.suppress(Exception):
                 client.disconnect()
@@ -255,29 +264,82 @@ class CentralConsumer:
             delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def _store(self, store: CentralStore, items: list[tuple[bytes, str]]) -> dict[str, list[AckResult]]:
-        """Quarantine or store each (payload, topic's kiosk) durably; the ack results per kiosk."""
+        """Keep the chunks, store the packets they complete; the ack results per kiosk, in order."""
         acks: dict[str, list[AckResult]] = defaultdict(list)
-        accepted: list[tuple[bytes, str]] = []
+        finals: list[tuple[str, Chunk, bytes]] = []  # (kiosk, the chunk that completed it, the packet)
+        parts: list[tuple[str, Chunk]] = []
         for payload, kiosk in items:
-            claimed = _claimed_kiosk(payload)
-            if claimed is not None and claimed[1] != kiosk:
-                # With per-kiosk ACLs a kiosk can only publish under its own id.
-                reason = f"packet of kiosk {claimed[1]} published under kiosk {kiosk}'s topic"
-                store.quarantine(payload, kiosk_hint=kiosk, reason=reason)
-                acks[kiosk].append(AckResult(claimed[0], AckStatus.REJECTED, reason))
-                self.counts["rejected"] += 1
+            try:
+                chunk = parse_chunk(payload)
+            except ChunkError as exc:
+                self.counts["bad_chunks"] += 1
+                log.warning("ignored a message on kiosk %s's enrollment topic: %s", kiosk, exc)
+                continue
+            held = store.stored_sha256(kiosk, chunk.packet_id)
+            if held is not None:  # stored before (its ack was lost): answer at once, keep nothing
+                status = AckStatus.DUPLICATE if held == chunk.sha256 else AckStatus.CONFLICT
+                reason = "" if held == chunk.sha256 else "other bytes are stored under this packet id"
+                acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, status, reason))
+                self.counts[status.value] += 1
+            elif chunk.probe:
+                have = store.partial_have(kiosk, chunk.packet_id, chunk.sha256)
+                acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, AckStatus.PARTIAL, have=have))
+            elif chunk.whole:
+                finals.append((kiosk, chunk, chunk.data))
             else:
-                accepted.append((payload, kiosk))
-        results = Ingestor(store, self.keys).ingest_many([p for p, _ in accepted], "mqtt")
-        for (_payload, kiosk), result in zip(accepted, results, strict=True):
-            self.counts[result.status] += 1
-            if result.packet_id is not None:
-                acks[kiosk].append(AckResult(result.packet_id, AckStatus(result.status), result.reason))
-            else:
-                log.warning(
-                    "unreadable message on kiosk %s's enrollment topic quarantined: %s", kiosk, result.reason
-                )
+                parts.append((kiosk, chunk))
+        if parts:
+            for (kiosk, chunk), have in zip(parts, store.add_chunks(parts), strict=True):
+                if have < chunk.total:
+                    acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, AckStatus.PARTIAL, have=have))
+                    continue
+                if any(
+                    k == kiosk and c.packet_id == chunk.packet_id and c.sha256 == chunk.sha256
+                    for k, c, _ in finals
+                ):
+                    continue  # two chunks of this batch completed it
+                data = store.assemble_partial(kiosk, chunk.packet_id, chunk.sha256)
+                if data is not None:
+                    finals.append((kiosk, chunk, data))
+        for (kiosk, _, _), result in zip(finals, self._ingest_packets(store, finals), strict=True):
+            acks[kiosk].append(result)
         return acks
+
+    def _ingest_packets(self, store: CentralStore, finals: list[tuple[str, Chunk, bytes]]) -> list[AckResult]:
+        """Authenticate and store whole packets (one transaction); one ack result each, in order."""
+        results: list[AckResult | None] = [None] * len(finals)
+        accepted: list[int] = []
+        for i, (kiosk, chunk, data) in enumerate(finals):
+            refusal = _refusal(kiosk, chunk, data)
+            if refusal is None:
+                accepted.append(i)
+                continue
+            status, reason = refusal
+            if status is AckStatus.REJECTED:
+                store.quarantine(data, kiosk_hint=kiosk, reason=reason, source="mqtt")
+            self.counts[status.value] += 1
+            log.warning("packet %s of kiosk %s %s: %s", chunk.packet_id, kiosk, status.value, reason)
+            results[i] = AckResult(chunk.packet_id, chunk.sha256, status, reason)
+        ingested = Ingestor(store, self.keys).ingest_many([finals[i][2] for i in accepted], "mqtt")
+        for i, result in zip(accepted, ingested, strict=True):
+            chunk = finals[i][1]
+            self.counts[result.status] += 1
+            results[i] = AckResult(chunk.packet_id, chunk.sha256, AckStatus(result.status), result.reason)
+        for kiosk, chunk, _ in finals:
+            if not chunk.whole:
+                store.drop_partial(kiosk, chunk.packet_id, chunk.sha256)
+        return [r for r in results if r is not None]
+
+    def _expire_partials(self, store: CentralStore) -> None:
+        expiry = self.config.partial_expiry_s
+        try:
+            n = store.expire_partials(expiry)
+        except StoreError as exc:
+            log.warning("expiring old partial transfers failed: %s; trying again later", exc)
+            return
+        if n:
+            self.counts["partials_expired"] += n
+            log.info("deleted %d partial transfers older than %d s", n, expiry)
 
     def _puback(self, msg: _Incoming) -> None:
         if msg.qos > 0 and msg.connection == self._connection:  # else the broker resends it (or the kiosk)
@@ -285,10 +347,20 @@ class CentralConsumer:
                 msg.client.ack(msg.mid, msg.qos)
 
 
-def _claimed_kiosk(payload: bytes) -> tuple[str, str] | None:
-    """(packet id, kiosk id) from the packet's key-less header, None when it cannot be read."""
+def _refusal(kiosk: str, chunk: Chunk, data: bytes) -> tuple[AckStatus, str] | None:
+    """Why a reassembled packet is not even handed to the ingest, or None.
+
+    Bytes that do not hash to what the chunks announced were damaged on the way (the kiosk
+    sends them again); a packet whose key-less header names another kiosk or another packet
+    id than its chunks is refused (with per-kiosk ACLs a kiosk can only publish as itself)."""
+    if packet_sha256(data) != chunk.sha256:
+        return AckStatus.DAMAGED, "the packet's bytes do not match the SHA-256 its chunks announced"
     try:
-        header = read_header(payload)
+        header = read_header(data)
     except PacketError:
-        return None
-    return header.packet_id, header.kiosk_id
+        return None  # the ingest says what is wrong with it
+    if header.kiosk_id != kiosk:
+        return AckStatus.REJECTED, f"packet of kiosk {header.kiosk_id} published under kiosk {kiosk}'s topic"
+    if header.packet_id != chunk.packet_id:
+        return AckStatus.REJECTED, f"the chunks name packet {chunk.packet_id}, its header {header.packet_id}"
+    return None

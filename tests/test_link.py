@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.linkkit import Centre, Keys, Kiosk, Watcher, all_delivered, assert_exactly_once, wait_for
 from tests.netkit import Broker, TcpProxy
 from wire.ack import AckResult, AckStatus, sign_ack
+from wire.chunk import packet_sha256
 
 KIOSK = "320715-01"
 
@@ -106,15 +107,39 @@ def test_link_cut_stalled_and_throttled(tmp_path: Path, broker: Broker, keys: Ke
 
 
 def test_centre_away_packets_stay_sent_and_are_resent(tmp_path: Path, broker: Broker, keys: Keys) -> None:
+    # A bystander subscribes, so the broker PUBACKs with success although no centre stores anything
+    bystander = Watcher(broker.port, "ektp/v1/+/enrollment")
     kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=1)
     centre: Centre | None = None
     try:
         kiosk.commit(10)
-        wait_for(lambda: kiosk.stats().sent >= 4, 20, "packets published with nobody storing them")
+        wait_for(lambda: kiosk.stats().sent >= 1, 20, "packets published with nobody storing them")
         assert kiosk.stats().delivered == 0
-        wait_for(lambda: kiosk.link.stats.republished >= 4, 20, "unacked packets sent again")
+        wait_for(lambda: kiosk.link.stats.probes >= 2, 20, "unanswered packets asked about again")
         centre = Centre(tmp_path / "c", broker.port, keys)
         wait_for(lambda: all_delivered(kiosk), 30, "delivery once the centre is back")
+        assert_exactly_once(centre, kiosk)
+    finally:
+        kiosk.stop()
+        bystander.close()
+        if centre is not None:
+            centre.stop()
+
+
+def test_no_centre_at_all_holds_the_packets_and_retries_soon(
+    tmp_path: Path, broker: Broker, keys: Keys
+) -> None:
+    """PUBACK 0x10 (no matching subscribers): kept, sent again within seconds once a centre subscribes."""
+    kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=600)
+    centre: Centre | None = None
+    try:
+        kiosk.commit(5)
+        wait_for(lambda: kiosk.link.stats.refused_pubacks >= 2, 20, "refused publishes (nobody subscribes)")
+        assert kiosk.stats().sent == 0 and kiosk.stats().pending == 5
+        centre = Centre(tmp_path / "c", broker.port, keys)
+        wait_for(
+            lambda: all_delivered(kiosk), 15, "delivery within seconds, long before the 600 s ack timeout"
+        )
         assert_exactly_once(centre, kiosk)
     finally:
         kiosk.stop()
@@ -125,23 +150,29 @@ def test_centre_away_packets_stay_sent_and_are_resent(tmp_path: Path, broker: Br
 def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys) -> None:
     kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=8, ack_timeout_s=30)
     attacker = Watcher(broker.port, "ektp/v1/+/ack")
+    bystander = Watcher(broker.port, "ektp/v1/+/enrollment")  # PUBACKs with success, stores nothing
     topic = f"ektp/v1/{KIOSK}/ack"
     try:
         packets = kiosk.commit(6)
         wait_for(lambda: kiosk.stats().sent == 6, 20, "all six published (no centre, so none acked)")
         ids = [p.packet_id for p in packets]
-        results = [AckResult(i, AckStatus.STORED) for i in ids]
+        results = [AckResult(p.packet_id, packet_sha256(p.data), AckStatus.STORED) for p in packets]
         forged = sign_ack(KIOSK, results, Ed25519PrivateKey.generate())  # not the centre's key
         other_kiosk = sign_ack("320715-02", results, keys.central.signing)  # the centre's, but not for us
         garbage = [b"", b"\x00" * 10, b"EKTA" + b"\xff" * 200, json.dumps({"ids": ids}).encode()]
         truncated = sign_ack(KIOSK, results, keys.central.signing)[:-1]
-        huge = b"EKTA\x01" + b"\xff" * (2 << 20)  # over the Maximum Packet Size the kiosk announces
-        for payload in [huge, forged, other_kiosk, truncated, *garbage]:
+        huge = b"EKTA\x02" + b"\xff" * (2 << 20)  # over the Maximum Packet Size the kiosk announces
+        # the centre's genuine signature, for this kiosk, but about other bytes under the same ids:
+        other_bytes = sign_ack(
+            KIOSK, [AckResult(i, "ab" * 32, AckStatus.STORED) for i in ids], keys.central.signing
+        )
+        for payload in [huge, forged, other_kiosk, truncated, *garbage, other_bytes]:
             attacker.publish(topic, payload)
         wait_for(lambda: sum(kiosk.link.stats.ignored_acks.values()) >= 7, 10, "every bad ack looked at")
-        assert sum(kiosk.link.stats.ignored_acks.values()) == 7, (
-            "the broker handed the kiosk 2 MiB of garbage"
-        )
+        wait_for(lambda: kiosk.link.stats.ignored_acks["other-bytes"] >= 1, 10, "the other-bytes ack")
+        assert (
+            sum(kiosk.link.stats.ignored_acks.values()) - kiosk.link.stats.ignored_acks["other-bytes"] == 7
+        ), "the broker handed the kiosk 2 MiB of garbage"
         s = kiosk.stats()
         assert s.delivered == 0 and s.sent == 6, "a hostile ack deleted something"
         assert kiosk.thread.is_alive()
@@ -161,4 +192,5 @@ def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys)
         }
     finally:
         attacker.close()
+        bystander.close()
         kiosk.stop()
