@@ -465,7 +465,10 @@ class Link:
                     except Exception as exc:
                         self._drain_failed("handling a broker event", exc)
                         paused_until = time.monotonic() + OUTBOX_RETRY_S
-                self._expire_flights()
+                try:
+                    await self._expire_flights()
+                except Exception as exc:  # the probes go all the same; only the attempt count is lost
+                    self._drain_failed("counting attempts of stalled packets", exc)
             await self._goodbye(client)
         finally:
             with contextlib.suppress(_OutboxFailed):  # else they are written in the next session
@@ -506,6 +509,8 @@ class Link:
             for item in batch:
                 cursor = max(cursor, item.seq)
                 if item.packet_id not in window.transfers:
+                    if item.state == "sent":
+                        self._marked_sent.add(item.packet_id)
                     window.add(
                         item.packet_id, item.seq, item.data, resume=item.state == "sent" or item.attempts > 0
                     )
@@ -545,7 +550,7 @@ class Link:
             ("offset", str(chunk.offset)),
             ("total", str(chunk.total)),
         ]
-        again = chunk.offset < t.next_offset or chunk.probe
+        again = chunk.offset < t.high_water
         sent = self.window.published(chunk)
         info = client.publish(self.topic_enrollment, chunk.to_bytes(), qos=1, properties=props)
         if not self._track(info, "enrollment"):  # paho refused it (connection going): try again later
@@ -554,7 +559,7 @@ class Link:
         self._chunks[info.mid] = sent
         s = self.stats
         s.published += 1
-        s.republished += int(again and not chunk.probe)
+        s.republished += int(again)
 
     def _publish_status(self, client: mqtt.Client, state: str) -> mqtt.MQTTMessageInfo:
         info = client.publish(
@@ -595,7 +600,7 @@ class Link:
                         event.reason,
                     )
                 return
-            if not sent.probe and sent.packet_id not in self._marked_sent:
+            if sent.packet_id not in self._marked_sent:  # a probe too: the packet is on its way again
                 self._marked_sent.add(sent.packet_id)
                 self._sent_unwritten.append(sent.packet_id)
         elif isinstance(event, _Message) and event.topic == self.topic_ack:
@@ -645,6 +650,7 @@ class Link:
                     r.reason,
                 )
                 self.health_changed()
+                self._marked_sent.discard(r.packet_id)
                 await self._db("count a new attempt", self.outbox.requeue, [r.packet_id])
             elif outcome is Outcome.GAVE_UP:
                 assert t is not None
@@ -697,14 +703,19 @@ class Link:
                 self._delivered_unwritten[:0] = delivered
                 raise
 
-    def _expire_flights(self) -> None:
-        """Transfers with no answer for ack_timeout_s are probed: the centre says what it holds."""
-        for t in self.window.stalled():
+    async def _expire_flights(self) -> None:
+        """Transfers with no answer for ack_timeout_s are probed (the centre says what it holds);
+        each such resend counts as an attempt in the outbox."""
+        stalled = self.window.stalled()
+        for t in stalled:
             log.info(
                 "no answer about packet %s for %.0f s: asking the centre what it holds",
                 t.packet_id,
                 self.window.stall_s,
             )
+            self._marked_sent.discard(t.packet_id)  # requeue makes it pending; its next PUBACK marks it sent
+        if stalled:
+            await self._db("count a new attempt", self.outbox.requeue, [t.packet_id for t in stalled])
 
     # ------------------------------------------------------------------------- health and goodbye
 

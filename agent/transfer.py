@@ -64,6 +64,7 @@ class Transfer:
     sha256: str
     confirmed: int = 0  # bytes the centre said it holds
     next_offset: int = 0  # the next byte to publish
+    high_water: int = 0  # the furthest byte ever published (bytes below it that go again are re-sent)
     probing: bool = False  # a probe must go (or is out): nothing else of it until the answer
     probe_out: bool = False
     hold_until: float = 0.0  # after a refusal or damage: nothing of it before this
@@ -132,7 +133,7 @@ class TransferWindow:
         room = self.max_packets - len(self.transfers)
         if room <= 0 or self.in_flight() >= self.inflight_limit():
             return 0
-        if any(t.next_offset < t.total or t.probing for t in self.transfers.values()):
+        if any(t.next_offset < t.total and not t.probing for t in self.transfers.values()):
             return 0  # bytes of a packet already here still wait: no need for another yet
         if self.chunk_size() >= max((t.total for t in self.transfers.values()), default=0) and self.rate:
             return room  # whole packets per chunk: a fast link, fill the window
@@ -180,6 +181,7 @@ class TransferWindow:
             self.probes += 1
         else:
             t.next_offset = max(t.next_offset, chunk.end)
+            t.high_water = max(t.high_water, chunk.end)
         return Sent(chunk.packet_id, chunk.offset, chunk.end, chunk.probe)
 
     def refused(self, sent: Sent, *, no_subscribers: bool) -> None:

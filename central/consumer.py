@@ -56,6 +56,7 @@ BATCH_QUIET_S = 0.002  # ... and stops waiting when none has come for this long
 MAX_JSON = 256 * 1024
 STORE_RETRY_MIN_S = 0.5  # a failed batch is stored again after this, doubling up to the max
 STORE_RETRY_MAX_S = 30.0
+SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with our client id
 EXPIRE_EVERY_S = 600.0  # how often partial transfers past [store] partial_expiry_s are deleted
 
 
@@ -150,7 +151,13 @@ class CentralConsumer:
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             self.connected.clear()
-            if self._stop.is_set():
+            if rc.value == SESSION_TAKEN_OVER:
+                log.error(
+                    "another consumer connected with this client id %r and took the session over; "
+                    "give each consumer its own [mqtt] instance (or client_id) in its config",
+                    m.client_id,
+                )
+            elif self._stop.is_set():
                 log.info("disconnected from %s:%d", m.host, m.port)
             else:
                 log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)

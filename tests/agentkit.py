@@ -95,6 +95,8 @@ class Kit:
         self, tool: str, *args: str, name: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         conf = self.central_conf if tool == "ektp-central" else self.agent_conf
+        if args[:1] == ("--config",):
+            conf, args = Path(args[1]), args[2:]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it
         try:
             p = subprocess.Popen(
@@ -110,7 +112,14 @@ class Kit:
         return p
 
     def start_central(self, name: str = "central") -> subprocess.Popen[bytes]:
-        return self.spawn("ektp-central", "run", name=name)
+        """A centre process; a second one on this host gets its own instance name (MQTT client id)."""
+        if name == "central":
+            return self.spawn("ektp-central", "run", name=name)
+        conf = self.central_conf.with_name(f"{name}.toml")
+        conf.write_text(
+            self.central_conf.read_text().replace("[mqtt]\n", f'[mqtt]\ninstance = "{name}"\n', 1)
+        )
+        return self.spawn("ektp-central", "--config", str(conf), "run", name=name)
 
     def start_agent(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.agent = self.spawn("ektp-agent", "run", "--simulate", name="agent", env=env)

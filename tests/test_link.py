@@ -4,6 +4,7 @@ restarts, link cuts and stalls, a stopped centre, and hostile acks."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys)
     topic = f"ektp/v1/{KIOSK}/ack"
     try:
         packets = kiosk.commit(6)
-        wait_for(lambda: kiosk.stats().sent == 6, 20, "all six published (no centre, so none acked)")
+        # nobody confirms bytes, so the kiosk sends one packet and waits (no rate measured)
+        wait_for(lambda: kiosk.stats().sent >= 1, 20, "a packet published (no centre, so none acked)")
         ids = [p.packet_id for p in packets]
         results = [AckResult(p.packet_id, packet_sha256(p.data), AckStatus.STORED) for p in packets]
         forged = sign_ack(KIOSK, results, Ed25519PrivateKey.generate())  # not the centre's key
@@ -174,16 +176,18 @@ def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys)
             sum(kiosk.link.stats.ignored_acks.values()) - kiosk.link.stats.ignored_acks["other-bytes"] == 7
         ), "the broker handed the kiosk 2 MiB of garbage"
         s = kiosk.stats()
-        assert s.delivered == 0 and s.sent == 6, "a hostile ack deleted something"
+        assert s.delivered == 0 and s.sent + s.pending == 6, "a hostile ack deleted something"
         assert kiosk.thread.is_alive()
-        # a genuine ack for the first two, then the same ack replayed: only those two go
+        # a genuine ack for the first two (one in the window, one not yet read: both checked
+        # against the bytes held), then the same ack replayed: only those two go
         genuine = sign_ack(KIOSK, results[:2], keys.central.signing)
         attacker.publish(topic, genuine)
         wait_for(lambda: kiosk.stats().delivered == 2, 10, "the genuine ack applied")
         attacker.publish(topic, genuine)
         attacker.publish(topic, genuine)
-        wait_for(lambda: kiosk.stats().sent == 4, 5, "the rest still sent")
-        assert kiosk.stats().delivered == 2
+        time.sleep(0.5)
+        s = kiosk.stats()
+        assert s.delivered == 2 and s.sent + s.pending == 4, "the rest still held"
         assert set(kiosk.link.stats.ignored_acks) >= {
             "bad-signature",
             "wrong-kiosk",

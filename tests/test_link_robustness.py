@@ -74,6 +74,8 @@ def test_outbox_failures_are_logged_and_the_drain_goes_on(
     logs it, shows it in health, tries again, and delivers everything exactly once."""
     monkeypatch.setattr(agent.link, "OUTBOX_RETRY_S", 0.2)
     monkeypatch.setattr(agent.link, "TICK_S", 0.1)
+    bystander = Watcher(broker.port, "ektp/v1/+/enrollment")  # PUBACKs with success, stores nothing
+    stack.callback(bystander.close)
     kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=0.5)
     stack.callback(kiosk.stop)
     calls: Counter[str] = Counter()
@@ -83,7 +85,7 @@ def test_outbox_failures_are_logged_and_the_drain_goes_on(
         setattr(outbox, name, failing_first(getattr(outbox, name), 1, corrupt, calls))
 
     kiosk.commit(6)
-    # no centre yet: published, PUBACKed, not acked; the ack timeout sends them again (requeue)
+    # no centre yet: published, PUBACKed, not answered; the ack timeout probes them again (requeue)
     wait_for(lambda: calls["requeue"] >= 2, 20, "a packet sent again after its ack timeout")
     assert kiosk.thread.is_alive()
     centre = Centre(tmp_path / "c", broker.port, keys)
