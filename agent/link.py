@@ -180,6 +180,7 @@ class Link:
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_now = asyncio.Event()  # a sync was asked for: cut the reconnect backoff short
+        self._rescan = False  # a sync was asked for: read the outbox from its start again
         self.window = TransferWindow(
             chunk_bytes=config.mqtt.chunk_bytes,
             max_packets=config.mqtt.window,
@@ -203,6 +204,7 @@ class Link:
 
     def sync_now(self) -> None:
         """Someone asked for a sync: look at the outbox now and, if the link is down, try it now."""
+        self._rescan = True  # resubmitted packets lie behind the drain's cursor
         self._wake.set()
         self._connect_now.set()
 
@@ -447,6 +449,8 @@ class Link:
                 if self._wake.is_set():
                     self._wake.clear()
                     exhausted = False
+                    if self._rescan:
+                        self._rescan, cursor = False, 0
                 if time.monotonic() >= paused_until:
                     try:
                         cursor, exhausted = await self._fill_window(client, cursor, exhausted)

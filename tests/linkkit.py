@@ -81,44 +81,45 @@ class Centre:
         prefix: str = "ektp/v1",
         wrap_store: Callable[[CentralStore], CentralStore] | None = None,
         mqtt: dict[str, Any] | None = None,
+        store_url: str | None = None,
+        register: bool = True,
     ) -> None:
         self.db = root / "central.db"
+        self.url = store_url or str(self.db)
         self.config = CentralConfig(
             mqtt=CentralMqtt(
                 host="127.0.0.1", port=port, topic_prefix=prefix, client_id=client_id, **(mqtt or {})
             ),
-            store_url=str(self.db),
+            store_url=self.url,
             central_private_key=keys.central_path,
         )
-        store = open_store(str(self.db))
-        store.add_kiosk(keys.kiosk_id, public_path(keys.kiosk_path).read_bytes(), replace=True)
-        store.close()
+        if register:
+            self.register(keys.kiosk_id, public_path(keys.kiosk_path).read_bytes())
         wrap = wrap_store or (lambda store: store)
-        self.consumer = CentralConsumer(self.config, keys.central, lambda: wrap(open_store(str(self.db))))
+        self.consumer = CentralConsumer(self.config, keys.central, lambda: wrap(open_store(self.url)))
         self.thread = threading.Thread(target=self.consumer.run, name=f"centre-{client_id}", daemon=True)
         self.thread.start()
         wait_for(self.consumer.connected.is_set, 10, "the centre to connect")
 
+    def store(self) -> CentralStore:
+        """A store connection of the test's own (close it)."""
+        return open_store(self.url)
+
+    def register(self, kiosk_id: str, public_pem: bytes) -> None:
+        with self.store() as store:
+            store.add_kiosk(kiosk_id, public_pem, replace=True)
+
     def packets(self) -> list[dict[str, Any]]:
-        store = open_store(str(self.db))
-        try:
+        with self.store() as store:
             return store.packets()
-        finally:
-            store.close()
 
     def status(self, kiosk: str) -> dict[str, Any] | None:
-        store = open_store(str(self.db))
-        try:
+        with self.store() as store:
             return store.status(kiosk)
-        finally:
-            store.close()
 
     def health(self, kiosk: str) -> dict[str, Any] | None:
-        store = open_store(str(self.db))
-        try:
+        with self.store() as store:
             return store.health(kiosk)
-        finally:
-            store.close()
 
     def stop(self) -> None:
         self.consumer.stop()
@@ -140,13 +141,15 @@ class Kiosk:
         health_s: float = 1.0,
         health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         extra_mqtt: str = "",
+        reconnect_s: tuple[float, float] = (0.1, 0.5),
     ) -> None:
         self.keys = keys
         self.root = root
         self.config = parse_config(
             f'[kiosk]\nid = "{keys.kiosk_id}"\ndata_dir = "{root}"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\nwindow = {window}\n'
-            f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n{extra_mqtt}"
+            f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = {reconnect_s[0]}\n"
+            f"reconnect_max_s = {reconnect_s[1]}\n{extra_mqtt}"
             f"[health]\ninterval_s = {health_s}\n"
         )
         self.db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
@@ -261,7 +264,8 @@ class Watcher:
 
 
 def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> None:
-    rows = centre.packets()
+    """The centre's rows of this kiosk are exactly its receipts, seqs 1..N without a gap."""
+    rows = [r for r in centre.packets() if r["kiosk"] == kiosk.keys.kiosk_id]
     ids = [r["packet_id"] for r in rows]
     assert len(ids) == len(set(ids)), "a packet is stored twice at the centre"
     assert set(ids) == {p.packet_id for p in kiosk.receipts}

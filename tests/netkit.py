@@ -115,6 +115,8 @@ class TcpProxy:
         self.stalled = threading.Event()
         self.refusing = threading.Event()
         self.bytes_per_s: float | None = None
+        self.flip_at: int | None = None  # flip one bit of the client's bytes at this offset, once
+        self._upstream_bytes = 0  # client-to-broker bytes forwarded so far, every connection
         self.accepted = 0  # connections forwarded so far
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._held: list[socket.socket] = []  # broker-side halves left open by cut_client_side()
@@ -195,6 +197,16 @@ class TcpProxy:
                     continue
                 self._forward(s)
 
+    def _maybe_flip(self, data: bytes) -> bytes:
+        """A bit flipped in transit, as a bad link would (TCP's checksum misses some)."""
+        start, self._upstream_bytes = self._upstream_bytes, self._upstream_bytes + len(data)
+        at = self.flip_at
+        if at is None or not start <= at < self._upstream_bytes:
+            return data
+        self.flip_at = None
+        i = at - start
+        return data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1 :]
+
     def _forward(self, s: socket.socket) -> None:
         with self._lock:
             pair = next((p for p in self._pairs if s in p), None)
@@ -207,6 +219,8 @@ class TcpProxy:
                 raise OSError("closed")
             if self.bytes_per_s:
                 time.sleep(len(data) / self.bytes_per_s)
+            if s is pair[0]:
+                data = self._maybe_flip(data)
             other.sendall(data)
         except OSError:
             with self._lock:
