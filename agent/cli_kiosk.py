@@ -1,8 +1,13 @@
-"""The kiosk commands of `ektp-agent`: run, status, diag, queue, sync, enroll, export.
+"""The kiosk commands of `ektp-agent`: run, status, diag, queue, sync, enroll, export, resubmit.
 
 `status`, `diag`, `queue` and `export` work with the service down (they read the outbox
 read-only and probe free peripherals directly), because that is when a technician
 needs them; `sync` and `enroll` need the running service (exit 3 without it).
+`resubmit` goes through the service when it runs (the service is the outbox's only
+writer then) and writes the outbox itself when it does not.
+
+Packets the centre rejected are a problem until a technician resubmits them: `status`,
+`queue` and `sync` exit 1 and say so while there are any.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +95,32 @@ def probe_devices(config: AgentConfig, names: list[str] | None = None) -> dict[s
     return results
 
 
-def _offline_queue(config: AgentConfig) -> dict[str, Any]:
+def _offline_queue(config: AgentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The health document's ``queue`` and the status document's ``rejected``, read from the store."""
+    no_rejected: dict[str, Any] = {"count": 0, "reason": None, "packet_ids": []}
     try:
         outbox = Outbox.open_readonly(config.outbox_path, max_bytes=config.store.max_bytes)
     except StoreNotFound:
-        return {"pending": 0, "pending_bytes": 0, "oldest_pending_age_s": None, "detail": "no outbox yet"}
+        queue = {"pending": 0, "pending_bytes": 0, "oldest_pending_age_s": None, "rejected": 0}
+        return {**queue, "detail": "no outbox yet"}, no_rejected
     try:
-        from agent.service import queue_json
+        from agent.service import queue_json, rejected_json
 
         stats = outbox.stats()
         doc = queue_json(stats)
         doc["total"] = stats.total_committed
-        return doc
+        return doc, rejected_json(outbox, stats.rejected)
     finally:
         outbox.close()
+
+
+def rejection_problem(count: int, reason: str | None) -> str:
+    """What to tell the technician while packets the centre rejected wait on the kiosk."""
+    were = "packet was" if count == 1 else "packets were"
+    return (
+        f"{count} {were} rejected by the centre: {reason or 'no reason given'}; fix the cause, then "
+        "`ektp-agent resubmit --rejected`"
+    )
 
 
 # ----------------------------------------------------------------------------- run
@@ -175,7 +193,8 @@ def run_cmd(ctx: Context, simulate: bool) -> None:
 def status_cmd(ctx: Context, as_json: bool) -> None:
     """Service state, each peripheral, backlog, link, disk (works with the service down).
 
-    Exit 1 when a peripheral is in fault or absent, or the store is near full.
+    Exit 1 when a peripheral is in fault, the store is near full or was salvaged, or
+    packets the centre rejected wait on the kiosk (`ektp-agent resubmit`).
 
     \b
     Example:
@@ -192,8 +211,9 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
             outbox_path=config.outbox_path,
             devices=lambda: {n: {"state": r.state.value, "detail": r.detail} for n, r in probed.items()},
         )
+        rejected: dict[str, Any] = {"count": None, "reason": None, "packet_ids": []}
         try:
-            queue = _offline_queue(config)
+            queue, rejected = _offline_queue(config)
         except OutboxError as exc:
             queue = {"pending": None, "detail": str(exc)}
         doc = reporter.snapshot(
@@ -203,6 +223,7 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
         )
         doc["uptime_s"] = 0.0
         doc["service"] = "stopped"
+        doc["rejected"] = rejected
     except ApiError as exc:
         fail(str(exc), EXIT_PROBLEM)
     problems = [
@@ -212,8 +233,15 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
         problems.append("store near full")
     if doc.get("store", {}).get("quarantined"):
         problems.append("damaged store quarantined")
+    rejected = doc.setdefault(
+        "rejected", {"count": doc["queue"].get("rejected"), "reason": None, "packet_ids": []}
+    )
+    if rejected["count"]:
+        problems.append(rejection_problem(rejected["count"], rejected["reason"]))
     if as_json:
         emit_json(doc)
+        if rejected["count"]:
+            click.echo(f"ektp-agent: {problems[-1]}", err=True)
     else:
         _print_status(doc)
     sys.exit(EXIT_PROBLEM if problems else EXIT_OK)
@@ -235,6 +263,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         + (f", oldest {age:.0f} s" if age else "")
         + ("  [bold red]NEAR FULL[/]" if q.get("near_full") else "")
     )
+    rejected = doc.get("rejected", {})
+    if rejected.get("count"):
+        con.print(f"[bold red]{rejection_problem(rejected['count'], rejected.get('reason'))}[/]")
     con.print(
         f"link: {'connected' if link.get('connected') else 'not connected'} {link.get('last_error') or link.get('detail') or ''}"
     )
@@ -314,6 +345,10 @@ def _result_args(d: dict[str, Any]) -> dict[str, Any]:
 def queue_cmd(ctx: Context, as_json: bool) -> None:
     """The undelivered packets (never their content): id, seq, created, state, bytes, attempts.
 
+    State is pending, sent (to the broker, not yet acknowledged) or rejected (by the
+    centre, with its reason; not sent again until `ektp-agent resubmit`). Exit 1 while
+    there are rejected packets.
+
     \b
     Example:
       ektp-agent queue --json
@@ -335,8 +370,12 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
                 rows = [_queue_row(r) for r in outbox.undelivered()]
             finally:
                 outbox.close()
+    rejected = [r for r in rows if r["state"] == "rejected"]
+    problem = rejection_problem(len(rejected), rejected[0].get("reason")) if rejected else None
     if as_json:
         emit_json(rows)
+        if problem:
+            fail(problem, EXIT_PROBLEM)
         return
     table = Table("seq", "packet id", "created", "state", "bytes", "attempts", box=None)
     for r in rows:
@@ -350,7 +389,16 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
         )
     con = _console()
     con.print(table)
-    con.print(f"{len(rows)} undelivered packet(s)")
+    con.print(
+        f"{len(rows)} undelivered packet(s)"
+        + (
+            f": {len(rows) - len(rejected)} to send, {len(rejected)} rejected by the centre"
+            if rejected
+            else ""
+        )
+    )
+    if problem:
+        fail(problem, EXIT_PROBLEM)
 
 
 # ----------------------------------------------------------------------------- sync
@@ -363,9 +411,14 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
 @click.option(
     "--timeout", "timeout_s", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="S"
 )
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end.")
 @pass_ctx
-def sync_cmd(ctx: Context, wait: bool, timeout_s: float) -> None:
+def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
     """Ask the service to sync now; with --wait, wait until the backlog is delivered.
+
+    Exit 1 at the timeout, and while packets the centre rejected wait on the kiosk: they
+    are not sent again until `ektp-agent resubmit` (the message gives the centre's reason).
+    Exit 3 when the service is not running.
 
     \b
     Examples:
@@ -374,41 +427,66 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float) -> None:
     """
     config = ctx.config
     try:
-        first = call(config.api_socket, "sync")[0]
+        last = call(config.api_socket, "sync")[0]
     except ServiceNotRunning as exc:
         fail(f"{exc}; start it with `systemctl start ektp-agent` (or `ektp-agent run`)", EXIT_NOT_RUNNING)
     except ApiError as exc:
         fail(str(exc), EXIT_PROBLEM)
-    total = int(first["undelivered"])
-    if not wait:
-        click.echo(
-            f"sync requested; {total} packet(s) undelivered; link {'up' if first['connected'] else 'down'}"
+    total = left = int(last["undelivered"])
+    timed_out = False
+    if wait:
+        deadline = time.monotonic() + timeout_s
+        progress = Progress(
+            TextColumn("delivering"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not sys.stdout.isatty() or as_json,
         )
-        return
-    deadline = time.monotonic() + timeout_s
-    show = sys.stdout.isatty()
-    progress = Progress(
-        TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show
-    )
-    with progress:
-        task = progress.add_task("sync", total=max(total, 1))
-        while True:
-            try:
-                left = int(call(config.api_socket, "sync")[0]["undelivered"])
-            except ServiceNotRunning:
-                fail("the service stopped while waiting for the sync", EXIT_NOT_RUNNING)
-            total = max(total, left)
-            progress.update(task, total=max(total, 1), completed=total - left)
-            if left == 0:
-                break
-            if time.monotonic() >= deadline:
-                click.echo(
-                    f"timeout after {timeout_s:.0f} s: {left} packet(s) still undelivered (see `ektp-agent status`)",
-                    err=True,
-                )
-                sys.exit(EXIT_PROBLEM)
-            time.sleep(SYNC_POLL_S)
-    click.echo("all packets delivered")
+        with progress:
+            task = progress.add_task("sync", total=max(total, 1))
+            while True:
+                total = max(total, left)
+                progress.update(task, total=max(total, 1), completed=total - left)
+                if left == 0:
+                    break
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                time.sleep(SYNC_POLL_S)
+                try:
+                    last = call(config.api_socket, "sync")[0]
+                except ServiceNotRunning:
+                    fail("the service stopped while waiting for the sync", EXIT_NOT_RUNNING)
+                except ApiError as exc:
+                    fail(str(exc), EXIT_PROBLEM)
+                left = int(last["undelivered"])
+    rejected = int(last.get("rejected") or 0)
+    problems = []
+    if timed_out:
+        problems.append(
+            f"timeout after {timeout_s:.0f} s: {left} packet(s) still undelivered (see `ektp-agent status`)"
+        )
+    if rejected:
+        problems.append(rejection_problem(rejected, last.get("rejected_reason")))
+    if as_json:
+        doc = {
+            "undelivered": left,
+            "connected": last["connected"],
+            "rejected": rejected,
+            "rejected_reason": last.get("rejected_reason"),
+        }
+        if wait:
+            doc["timed_out"] = timed_out
+        emit_json(doc)
+    elif not wait:
+        link = "up" if last["connected"] else "down"
+        click.echo(f"sync requested; {left} packet(s) undelivered; link {link}")
+    elif not problems:
+        click.echo("all packets delivered")
+    for problem in problems:
+        click.echo(f"ektp-agent: {problem}", err=True)
+    sys.exit(EXIT_PROBLEM if problems else EXIT_OK)
 
 
 # ----------------------------------------------------------------------------- enroll
@@ -465,17 +543,25 @@ def enroll_cmd(ctx: Context, synthetic: bool, applicant: Path | None, count: int
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory (e.g. a USB stick).",
 )
+@click.option(
+    "--include-rejected",
+    is_flag=True,
+    help="Also write the packets the centre rejected (for its quarantine review).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
-def export_cmd(ctx: Context, to_dir: Path, as_json: bool) -> None:
+def export_cmd(ctx: Context, to_dir: Path, include_rejected: bool, as_json: bool) -> None:
     """Write every undelivered packet as one file into DIR for a trip to the centre.
 
     Idempotent: a file already there with the same content is kept. Packets stay in the
     store until the centre acknowledges them (`ektp-central import DIR` at the centre).
+    Packets the centre rejected are left out unless --include-rejected; the summary
+    says how many of each.
 
     \b
-    Example:
+    Examples:
       ektp-agent export --to /media/usb0/ektp
+      ektp-agent export --to /media/usb0/ektp --include-rejected
     """
     config = ctx.config
     try:
@@ -484,9 +570,12 @@ def export_cmd(ctx: Context, to_dir: Path, as_json: bool) -> None:
         fail(f"no outbox at {config.outbox_path}: nothing to export", EXIT_PROBLEM)
     except OutboxError as exc:
         fail(str(exc), EXIT_PROBLEM)
+    counts = {"pending": 0, "rejected": 0}
     try:
         to_dir.mkdir(parents=True, exist_ok=True)
-        rows = [r for r in outbox.undelivered() if r.state != "rejected"]
+        held = outbox.undelivered()
+        rows = [r for r in held if include_rejected or r.state != "rejected"]
+        left_out = len(held) - len(rows)
         written = kept = 0
         with Progress(
             TextColumn("exporting"),
@@ -500,6 +589,7 @@ def export_cmd(ctx: Context, to_dir: Path, as_json: bool) -> None:
                 progress.advance(task)
                 if data is None:
                     continue  # delivered meanwhile
+                counts["rejected" if r.state == "rejected" else "pending"] += 1
                 target = to_dir / f"{r.seq:010d}-{r.packet_id}.ektp"
                 if target.exists() and target.read_bytes() == data:
                     kept += 1
@@ -516,8 +606,124 @@ def export_cmd(ctx: Context, to_dir: Path, as_json: bool) -> None:
     finally:
         outbox.close()
     if as_json:
-        emit_json({"exported": written + kept, "written": written, "already_there": kept, "dir": str(to_dir)})
-    else:
-        click.echo(
-            f"exported {written + kept} packet(s) to {to_dir} ({written} written, {kept} already there)"
+        emit_json(
+            {
+                "exported": written + kept,
+                "written": written,
+                "already_there": kept,
+                "dir": str(to_dir),
+                "pending": counts["pending"],
+                "rejected": counts["rejected"],
+                "rejected_left_out": left_out,
+            }
         )
+        return
+    click.echo(
+        f"exported {written + kept} packet(s) to {to_dir}: {counts['pending']} undelivered, "
+        f"{counts['rejected']} rejected ({written} written, {kept} already there)"
+    )
+    if left_out:
+        click.echo(
+            f"{left_out} packet(s) rejected by the centre not exported (add --include-rejected, or "
+            "`ektp-agent resubmit` them once the cause is fixed)"
+        )
+
+
+# ----------------------------------------------------------------------------- resubmit
+
+
+@main.command("resubmit")
+@click.argument("packet_ids", nargs=-1, metavar="[PACKET_ID]...")
+@click.option("--rejected", "every", is_flag=True, help="Every packet the centre rejected.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def resubmit_cmd(ctx: Context, packet_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Put packets the centre rejected back in the queue, to be sent again.
+
+    A packet the centre rejected stays on the kiosk, with the centre's reason, and is not
+    sent again by itself (`ektp-agent queue` lists it; `status` and `sync` exit 1 while
+    there is one). Resubmit it once the cause is fixed:
+
+    \b
+      - unknown_kiosk: the kiosk was registered late; after
+        `ektp-central kiosk add KIOSK_ID --public-key FILE` at the centre;
+      - bad_signature: after the centre has this kiosk's current public key
+        (`ektp-agent keys show`);
+      - anything else: after the cause the reason names is fixed.
+
+    Name the packets, or give --rejected for all of them. The packets keep their
+    attempts; their reason is cleared (the service's journal keeps it). Resubmitting
+    before the cause is fixed does no harm: the centre rejects them again. With the
+    service running it sends them at once; with it stopped, they are sent when it starts.
+
+    Exit 0 when done; 1 when a named packet is not a rejected one (the message says its
+    state; the others are still resubmitted); 2 without packet ids or --rejected.
+
+    \b
+    Examples:
+      ektp-agent queue                  # the rejected packets and the centre's reason
+      ektp-agent resubmit --rejected
+      ektp-agent resubmit 01a21f90-924b-7326-8f60-a232292900ac --json
+    """
+    config = ctx.config
+    if every == bool(packet_ids):
+        fail(
+            "name the packets to resubmit (PACKET_ID ...) or give --rejected for all the rejected ones"
+            + (", not both" if every else ""),
+            EXIT_USAGE,
+        )
+    ids = None if every else [_canonical_id(p) for p in packet_ids]
+    try:
+        args: dict[str, Any] = {"rejected": True} if ids is None else {"packet_ids": ids}
+        result = call(config.api_socket, "resubmit", timeout=120, **args)[0]
+        service = "running"
+    except ServiceNotRunning:
+        result = _resubmit_offline(config, ids)
+        service = "stopped"
+    except ApiError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    count, not_rejected = int(result["resubmitted"]), result.get("not_rejected", [])
+    if as_json:
+        emit_json({"resubmitted": count, **({"not_rejected": not_rejected} if not_rejected else {})})
+    else:
+        when = "the service sends them now" if service == "running" else "sent when the service starts"
+        click.echo(f"resubmitted {count} packet(s)" + (f": {when}" if count else ""))
+    for r in not_rejected:
+        click.echo(f"ektp-agent: packet {r['packet_id']} {_not_rejected_because(r['state'])}", err=True)
+    sys.exit(EXIT_PROBLEM if not_rejected else EXIT_OK)
+
+
+def _canonical_id(packet_id: str) -> str:
+    """Packet ids are stored as lower-case UUIDs; accept one typed in capitals or braces."""
+    try:
+        return str(uuid.UUID(packet_id))
+    except ValueError:
+        return packet_id
+
+
+def _not_rejected_because(state: str) -> str:
+    why = {
+        "unknown": "is not in this kiosk's outbox (check the id with `ektp-agent queue`)",
+        "pending": "is not rejected: it is pending, already waiting to be sent",
+        "sent": "is not rejected: it is sent, waiting for the centre's acknowledgement",
+        "delivered": "is not rejected: it is delivered, the centre holds it",
+    }
+    return why.get(state, f"is not rejected: it is {state}") + "; nothing done for it"
+
+
+def _resubmit_offline(config: AgentConfig, ids: list[str] | None) -> dict[str, Any]:
+    """The service is down: write the outbox here (it is the only writer then), never repair it."""
+    from agent.service import resubmit_packets
+
+    try:
+        outbox = Outbox(config.outbox_path, max_bytes=config.store.max_bytes, repair=False)
+    except StoreNotFound:
+        return {"resubmitted": 0, "not_rejected": [{"packet_id": p, "state": "unknown"} for p in ids or []]}
+    except OutboxError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    try:
+        return resubmit_packets(outbox, ids)
+    except OutboxError as exc:
+        fail(str(exc), EXIT_PROBLEM)
+    finally:
+        outbox.close()

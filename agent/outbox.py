@@ -13,10 +13,12 @@ States and the only transitions the store performs::
                  |  +--mark_delivered--> delivered  (an ack may overtake the PUBACK)
                  +---- on open, every sent packet is resumed as pending
     pending | sent --mark_rejected--> rejected (kept with its reason, never freed)
+    rejected --resubmit--> pending (an operator's decision: attempts kept, reason cleared)
 
 Anything else (an unknown id, delivering a rejected packet, rejecting a delivered one,
-sending twice) changes nothing: the batch methods return how many rows they changed and
-log a warning for ids they could not apply. ``delivered`` and ``rejected`` are final.
+sending twice, resubmitting a packet that is not rejected) changes nothing: the batch
+methods return how many rows they changed and log a warning for ids they could not
+apply. ``delivered`` is final; ``rejected`` is left only through ``resubmit``.
 
 Errors::
 
@@ -245,11 +247,16 @@ class Outbox:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_page_count: int | None = None,
+        repair: bool = True,
     ) -> None:
         """Open (creating, checking, resuming or salvaging) the store at path for writing.
 
         max_page_count caps the file in SQLite pages (tests use it to simulate a full disk).
+        repair=False (a command writing while the service is down) neither creates, salvages
+        nor adopts a salvage: recovery is the service's, under its own user.
         :raises OutboxError: the file was written by a newer schema.
+        :raises StoreNotFound: repair=False and there is no file at path.
+        :raises StoreCorrupt: repair=False and the file is damaged.
         :raises OSError: the directory or file cannot be created.
         """
         if max_bytes <= 0:
@@ -260,7 +267,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            self._conn = self._open_writer(max_page_count)
+            self._conn = self._open_writer(max_page_count, repair)
         except sqlite3.Error as exc:
             raise self._translate(exc, "open") from exc
 
@@ -348,51 +355,83 @@ class Outbox:
 
     def mark_sent(self, packet_ids: Iterable[str]) -> int:
         """pending -> sent (published and PUBACKed with success); returns how many changed."""
-        return self._transition(
-            packet_ids,
-            "mark_sent",
-            {PENDING},
-            SENT,
-            "UPDATE packets SET state = 'sent', sent_at = ? WHERE seq = ?",
-            fsync=False,
+        return len(
+            self._transition(
+                packet_ids,
+                "mark_sent",
+                {PENDING},
+                SENT,
+                "UPDATE packets SET state = 'sent', sent_at = ? WHERE seq = ?",
+                fsync=False,
+            )
         )
 
     def requeue(self, packet_ids: Iterable[str]) -> int:
         """sent (or pending) -> pending, attempts + 1: a refused publish or an ack timeout."""
-        return self._transition(
-            packet_ids,
-            "requeue",
-            {PENDING, SENT},
-            PENDING,
-            "UPDATE packets SET state = 'pending', attempts = attempts + 1 WHERE seq = ?",
-            stamp=False,
+        return len(
+            self._transition(
+                packet_ids,
+                "requeue",
+                {PENDING, SENT},
+                PENDING,
+                "UPDATE packets SET state = 'pending', attempts = attempts + 1 WHERE seq = ?",
+                stamp=False,
+            )
         )
 
     def mark_delivered(self, packet_ids: Iterable[str]) -> int:
         """pending|sent -> delivered for ids from a verified ack: frees the bodies; returns how many."""
-        changed = self._transition(
-            packet_ids,
-            "mark_delivered",
-            {PENDING, SENT},
-            DELIVERED,
-            "UPDATE packets SET state = 'delivered', delivered_at = ? WHERE seq = ?",
-            free=True,
+        changed = len(
+            self._transition(
+                packet_ids,
+                "mark_delivered",
+                {PENDING, SENT},
+                DELIVERED,
+                "UPDATE packets SET state = 'delivered', delivered_at = ? WHERE seq = ?",
+                free=True,
+            )
         )
         if changed:
             self._reclaim_when_drained()
         return changed
 
+    def resubmit(self, packet_ids: Iterable[str] | None) -> int:
+        """rejected -> pending for these ids (None: every rejected packet); returns how many changed.
+
+        For a technician once the cause is fixed (`ektp-agent resubmit`). Attempts are kept;
+        the reason is cleared from the row and logged (``rejected_at`` stays, the time of the
+        last rejection). One durable transaction.
+        """
+        changed = self._transition(
+            packet_ids,
+            "resubmit",
+            {REJECTED},
+            PENDING,
+            "UPDATE packets SET state = 'pending', reason = NULL WHERE seq = ?",
+            stamp=False,
+        )
+        for packet_id, seq, old_reason in changed:
+            log.info(
+                "resubmit: packet %s (seq %d) is pending again; the centre had rejected it: %s",
+                packet_id,
+                seq,
+                old_reason,
+            )
+        return len(changed)
+
     def mark_rejected(self, packet_id: str, reason: str) -> bool:
         """pending|sent -> rejected with the centre's reason (kept, never freed); True if changed."""
         if not reason:
             raise ValueError("a rejection needs a reason")
-        changed = self._transition(
-            [packet_id],
-            "mark_rejected",
-            {PENDING, SENT},
-            REJECTED,
-            "UPDATE packets SET state = 'rejected', rejected_at = ?, reason = ? WHERE seq = ?",
-            reason=reason,
+        changed = len(
+            self._transition(
+                [packet_id],
+                "mark_rejected",
+                {PENDING, SENT},
+                REJECTED,
+                "UPDATE packets SET state = 'rejected', rejected_at = ?, reason = ? WHERE seq = ?",
+                reason=reason,
+            )
         )
         return changed == 1
 
@@ -471,6 +510,17 @@ class Outbox:
         )
         return [QueuedPacket(*row) for row in rows]
 
+    def rejected(self, limit: int | None = None) -> list[QueuedPacket]:
+        """Metadata of the rejected packets in seq order (the first ``limit``), each with its reason."""
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT packet_id, seq, created_at, state, bytes, attempts, reason FROM packets"
+                " INDEXED BY packets_state_seq WHERE state = 'rejected' ORDER BY seq LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        )
+        return [QueuedPacket(*row) for row in rows]
+
     def stats(self) -> OutboxStats:
         """Counts, bytes and the oldest undelivered age, from the running totals (O(1))."""
 
@@ -526,9 +576,13 @@ class Outbox:
 
     # ------------------------------------------------------------------ internals
 
-    def _open_writer(self, max_page_count: int | None) -> sqlite3.Connection:
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._adopt_finished_salvage()
+    def _open_writer(self, max_page_count: int | None, repair: bool) -> sqlite3.Connection:
+        if not repair:
+            if not self._path.exists():
+                raise StoreNotFound(errno.ENOENT, f"no outbox at {self._path}", str(self._path))
+        else:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._adopt_finished_salvage()
         _ensure_private_file(self._path)
         # Diagnose read-only: a writer's close would checkpoint into, or delete, a damaged -wal.
         probe = connect(self._path, readonly=True)
@@ -536,6 +590,12 @@ class Outbox:
             kind, problem = diagnose(probe)
         finally:
             probe.close()
+        if kind == "damaged" and not repair:
+            raise StoreCorrupt(
+                f"the outbox {self._path} is damaged ({problem}); start the service to quarantine and"
+                " salvage it",
+                path=self._path,
+            )
         if kind == "damaged":
             conn = self._quarantine_and_salvage(problem or "unknown damage")
         else:
@@ -612,7 +672,7 @@ class Outbox:
 
     def _transition(
         self,
-        packet_ids: Iterable[str],
+        packet_ids: Iterable[str] | None,
         action: str,
         allowed_from: set[str],
         new_state: str,
@@ -622,32 +682,45 @@ class Outbox:
         free: bool = False,
         reason: str | None = None,
         fsync: bool = True,
-    ) -> int:
+    ) -> list[tuple[str, int, str | None]]:
         """Apply update_sql to every id whose state is in allowed_from; keep the totals in step.
 
+        ``packet_ids=None`` means every packet in allowed_from, chosen inside the transaction.
+        Returns (packet_id, seq, reason before the change) of each row changed.
         ``fsync=False`` commits without waiting for the disk (synchronous=NORMAL for this one
         transaction): for marks whose loss in a power cut costs nothing. A lost "sent" reads
         as pending, which is what every open turns "sent" into anyway; the next synchronous
         commit makes it durable with everything before it.
         """
-        ids = list(dict.fromkeys(packet_ids))
-        if not ids:
-            return 0
+        ids = None if packet_ids is None else list(dict.fromkeys(packet_ids))
+        if ids is not None and not ids:
+            return []
         with self._lock:
             conn = self._writer()
             if not fsync:
                 conn.execute("PRAGMA synchronous=NORMAL")
             now = _now_rfc3339()
-            changed = 0
+            changed: list[tuple[str, int, str | None]] = []
             skipped: list[tuple[str, str]] = []
             try:
                 with write_transaction(conn):
+                    if ids is None:
+                        states = sorted(allowed_from)
+                        ids = [
+                            str(r[0])
+                            for r in conn.execute(
+                                "SELECT packet_id FROM packets INDEXED BY packets_state_seq"
+                                f" WHERE state IN ({','.join('?' * len(states))}) ORDER BY state, seq",
+                                states,
+                            )
+                        ]
                     delta = {PENDING: 0, SENT: 0, DELIVERED: 0, REJECTED: 0}
                     freed = 0
                     for chunk in _chunks(ids, ID_CHUNK):
                         marks = ",".join("?" * len(chunk))
                         rows = conn.execute(
-                            f"SELECT packet_id, seq, state, bytes FROM packets WHERE packet_id IN ({marks})",
+                            "SELECT packet_id, seq, state, bytes, reason FROM packets"
+                            f" WHERE packet_id IN ({marks})",
                             chunk,
                         ).fetchall()
                         found = {r[0]: r for r in rows}
@@ -656,7 +729,7 @@ class Outbox:
                             if row is None:
                                 skipped.append((packet_id, "unknown"))
                                 continue
-                            _, seq, state, size = row
+                            _, seq, state, size, old_reason = row
                             if state not in allowed_from:
                                 skipped.append((packet_id, state))
                                 continue
@@ -671,7 +744,7 @@ class Outbox:
                                 freed += size
                             delta[state] -= 1
                             delta[new_state] += 1
-                            changed += 1
+                            changed.append((packet_id, seq, old_reason))
                     if changed:
                         conn.execute(
                             "UPDATE counters SET pending = pending + ?, sent = sent + ?, delivered = delivered"

@@ -44,6 +44,9 @@ LINK_RESTART_S = 1.0
 T = TypeVar("T")
 
 
+REJECTED_IDS_LISTED = 100  # status names this many rejected packets; `queue` lists them all
+
+
 def queue_json(stats: OutboxStats) -> dict[str, Any]:
     return {
         "pending": stats.pending + stats.sent,
@@ -229,11 +232,15 @@ class Service:
             "sync": self._api_sync,
             "diag": self._api_diag,
             "queue": self._api_queue,
+            "resubmit": self._api_resubmit,
         }
 
     async def _api_status(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self.outbox is not None
         doc = await self.health()
         doc["service"] = "running"
+        outbox, count = self.outbox, doc["queue"]["rejected"]
+        doc["rejected"] = await self._db(lambda: rejected_json(outbox, count))
         yield doc
 
     async def _api_queue(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -244,8 +251,31 @@ class Service:
     async def _api_sync(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         assert self.link is not None and self.outbox is not None
         self.link.sync_now()
-        stats = await self._db(self.outbox.stats)
-        yield {"undelivered": stats.pending + stats.sent, "connected": self.link.stats.connected}
+        outbox = self.outbox
+        stats = await self._db(outbox.stats)
+        rejected = await self._db(lambda: rejected_json(outbox, stats.rejected, listed=0))
+        yield {
+            "undelivered": stats.pending + stats.sent,
+            "connected": self.link.stats.connected,
+            "rejected": stats.rejected,
+            "rejected_reason": rejected["reason"],
+        }
+
+    async def _api_resubmit(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self.link is not None and self.outbox is not None
+        packet_ids = request.get("packet_ids")
+        every = request.get("rejected") is True
+        if every == (packet_ids is not None):
+            raise ApiError('give "packet_ids" (a list) or "rejected": true, one of the two', "bad-request")
+        if packet_ids is not None and (
+            not isinstance(packet_ids, list) or not all(isinstance(p, str) for p in packet_ids)
+        ):
+            raise ApiError('"packet_ids" must be a list of packet id strings', "bad-request")
+        outbox = self.outbox
+        result = await self._db(lambda: resubmit_packets(outbox, None if every else packet_ids))
+        if result["resubmitted"]:
+            self.link.sync_now()
+        yield result
 
     async def _api_diag(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         assert self.devices is not None
@@ -374,4 +404,33 @@ def _queue_row(r: Any) -> dict[str, Any]:
     return row
 
 
-__all__ = ["Service", "__version__", "queue_json"]
+def rejected_json(outbox: Outbox, count: int, *, listed: int = REJECTED_IDS_LISTED) -> dict[str, Any]:
+    """The packets the centre rejected: how many, the first one's reason, the first ``listed`` ids."""
+    rows = outbox.rejected(max(listed, 1)) if count else []
+    return {
+        "count": count,
+        "reason": rows[0].reason if rows else None,
+        "packet_ids": [r.packet_id for r in rows[:listed]],
+    }
+
+
+def resubmit_packets(outbox: Outbox, packet_ids: list[str] | None) -> dict[str, Any]:
+    """Rejected -> pending for the ids named (None: every rejected packet).
+
+    Returns ``{"resubmitted": N, "not_rejected": [{"packet_id", "state"}]}``, the latter
+    naming each id that is not a rejected packet (state ``unknown`` when not in the store);
+    those change nothing. The caller runs this on the outbox's owner thread (or with the
+    service down), so no other write comes between the look and the change.
+    """
+    not_rejected: list[dict[str, str]] = []
+    if packet_ids is not None:
+        for packet_id in dict.fromkeys(packet_ids):
+            info = outbox.info(packet_id)
+            if info is None or info.state != "rejected":
+                not_rejected.append({"packet_id": packet_id, "state": info.state if info else "unknown"})
+        skip = {r["packet_id"] for r in not_rejected}
+        packet_ids = [p for p in packet_ids if p not in skip]
+    return {"resubmitted": outbox.resubmit(packet_ids), "not_rejected": not_rejected}
+
+
+__all__ = ["Service", "__version__", "queue_json", "rejected_json", "resubmit_packets"]

@@ -123,6 +123,10 @@ def test_legal_transitions(outbox: Outbox) -> None:
         "requeue_delivered",
         "requeue_rejected",
         "requeue_unknown",
+        "resubmit_sent",
+        "resubmit_delivered",
+        "resubmit_unknown",
+        "resubmit_nothing_named",
     ],
 )
 def test_illegal_transitions_change_nothing(
@@ -148,6 +152,10 @@ def test_illegal_transitions_change_nothing(
         "requeue_delivered": lambda: outbox.requeue([delivered]),
         "requeue_rejected": lambda: outbox.requeue([rejected]),
         "requeue_unknown": lambda: outbox.requeue([unknown]),
+        "resubmit_sent": lambda: outbox.resubmit([sent]),
+        "resubmit_delivered": lambda: outbox.resubmit([delivered]),
+        "resubmit_unknown": lambda: outbox.resubmit([unknown]),
+        "resubmit_nothing_named": lambda: outbox.resubmit([]),
     }
     with caplog.at_level(logging.DEBUG, logger="ektp.outbox"):
         result = calls[action]()
@@ -174,6 +182,94 @@ def test_delivery_frees_body_keeps_audit_row_and_reclaims_pages(outbox: Outbox, 
     assert outbox.mark_delivered([r.packet_id for r in receipts[30:]]) == 10  # drained:
     assert _rows(db, "PRAGMA freelist_count") == [(0,)]  # handed back by incremental_vacuum
     assert int(str(_rows(db, "PRAGMA page_count")[0][0])) < pages_before // 2
+
+
+def test_resubmit_puts_rejected_packets_back_in_the_queue(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Outbox(db, max_bytes=1_000_000) as ob:
+        a, b, c, d, e = (r.packet_id for r in _commit(ob, 5))
+        ob.mark_sent([b])
+        ob.requeue([b])  # one failed attempt before the rejection
+        assert ob.mark_rejected(b, "unknown_kiosk: not registered") is True
+        assert ob.mark_rejected(c, "bad_signature: key mismatch") is True
+        assert ob.mark_rejected(d, "unknown_kiosk: not registered") is True
+        ob.mark_delivered([e])
+        before = ob.stats()
+        assert (before.pending, before.rejected, before.delivered) == (1, 3, 1)
+        assert [q.packet_id for q in ob.rejected()] == [b, c, d]
+        assert [q.reason for q in ob.rejected(limit=1)] == ["unknown_kiosk: not registered"]
+
+        with caplog.at_level(logging.INFO, logger="ektp.outbox"):
+            assert ob.resubmit([b]) == 1
+        info = ob.info(b)
+        assert info is not None and (info.state, info.attempts, info.reason) == ("pending", 1, None)
+        assert any(  # the old reason is kept in the log
+            b in r.getMessage() and "unknown_kiosk: not registered" in r.getMessage() for r in caplog.records
+        )
+        after = ob.stats()
+        assert (after.pending, after.sent, after.rejected, after.delivered) == (2, 0, 2, 1)
+        assert after.pending_bytes == before.pending_bytes  # held before and after: nothing freed
+        assert ob.get(b) is not None
+        assert [p.packet_id for p in ob.next_batch(0, 10)] == [a, b]  # the drain sees it again, in seq order
+
+        assert ob.resubmit(None) == 2  # every rejected packet
+        assert ob.rejected() == [] and ob.resubmit(None) == 0
+        s = ob.stats()
+        assert (s.pending, s.rejected, s.pending_bytes) == (4, 0, before.pending_bytes)
+        assert s.oldest_pending_age_s is not None
+    rows = _rows(
+        db, "SELECT packet_id, state, attempts, reason, rejected_at IS NOT NULL FROM packets ORDER BY seq"
+    )
+    assert rows == [
+        (a, "pending", 0, None, 0),
+        (b, "pending", 1, None, 1),  # rejected_at stays: when it was last rejected
+        (c, "pending", 0, None, 1),
+        (d, "pending", 0, None, 1),
+        (e, "delivered", 0, None, 0),
+    ]
+    with caplog.at_level(logging.WARNING, logger="ektp.outbox"):
+        caplog.clear()
+        with Outbox(db, max_bytes=1_000_000) as ob:  # durable, and the totals need no recount
+            s = ob.stats()
+            assert (s.pending, s.sent, s.rejected, s.delivered, s.pending_bytes) == (
+                4,
+                0,
+                0,
+                1,
+                before.pending_bytes,
+            )
+            assert ob.mark_rejected(c, "unknown_kiosk: again") is True  # rejected again: a new reason
+            assert (ob.info(c) or pytest.fail("missing")).reason == "unknown_kiosk: again"
+    assert not [r for r in caplog.records if "recounted" in r.getMessage()]
+
+
+def test_resubmit_of_a_mixed_batch_changes_only_the_rejected(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    pending, sent, delivered, rejected = (r.packet_id for r in _commit(outbox, 4))
+    outbox.mark_sent([sent])
+    outbox.mark_delivered([delivered])
+    outbox.mark_rejected(rejected, "unknown_kiosk")
+    unknown = str(uuid.uuid4())
+    infos = [outbox.info(p) for p in (pending, sent, delivered)]
+    with caplog.at_level(logging.DEBUG, logger="ektp.outbox"):
+        assert outbox.resubmit([pending, unknown, rejected, delivered, sent, rejected]) == 1
+    assert [outbox.info(p) for p in (pending, sent, delivered)] == infos
+    assert (outbox.info(rejected) or pytest.fail("missing")).state == "pending"
+    s = outbox.stats()
+    assert (s.pending, s.sent, s.delivered, s.rejected) == (2, 1, 1, 0)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert unknown in warned and delivered in warned and sent in warned
+
+
+def test_resubmit_of_many_rejected_packets_is_one_transaction(outbox: Outbox, db: Path) -> None:
+    ids = [r.packet_id for r in _commit(outbox, 1200, size=100)]  # over ID_CHUNK
+    for packet_id in ids:
+        outbox.mark_rejected(packet_id, "unknown_kiosk")
+    before = outbox.stats()
+    assert outbox.resubmit(ids) == 1200
+    s = outbox.stats()
+    assert (s.pending, s.rejected, s.pending_bytes) == (1200, 0, before.pending_bytes)
+    assert _rows(db, "SELECT count(*) FROM packets WHERE state = 'pending' AND reason IS NULL") == [(1200,)]
 
 
 def test_rejection_needs_a_reason(outbox: Outbox) -> None:
@@ -446,6 +542,25 @@ def test_readonly_open_while_the_writer_holds_the_store(db: Path) -> None:
     assert not Path(f"{db}-wal").exists()  # the writer's close checkpointed
     with Outbox.open_readonly(db) as reader:  # the service is down
         assert reader.stats().last_seq == 5
+
+
+def test_a_writer_without_repair_neither_creates_nor_salvages(tmp_path: Path) -> None:
+    missing = tmp_path / "none" / "outbox.db"
+    with pytest.raises(StoreNotFound):
+        Outbox(missing, repair=False)
+    assert not missing.parent.exists()
+    garbage = tmp_path / "outbox.db"
+    garbage.write_bytes(b"not a database " * 500)
+    with pytest.raises(StoreCorrupt, match="start the service"):
+        Outbox(garbage, repair=False)
+    assert garbage.read_bytes() == b"not a database " * 500
+    assert [p.name for p in tmp_path.iterdir()] == ["outbox.db"]  # nothing moved aside or staged
+    sound = tmp_path / "sound" / "outbox.db"
+    with Outbox(sound) as ob:
+        (r,) = _commit(ob, 1)
+        ob.mark_rejected(r.packet_id, "unknown_kiosk")
+    with Outbox(sound, repair=False) as ob:
+        assert ob.resubmit(None) == 1
 
 
 def test_readonly_open_of_missing_or_garbage_file(tmp_path: Path) -> None:
