@@ -48,7 +48,7 @@ test: setup lint typecheck pytest
 run: setup
 	$(PY) -m agent.demo
 
-# The figures of docs/benchmarks.md (about 15 minutes; slow_link needs root for its namespace).
+# The figures of docs/benchmarks.md (about 25 minutes; slow_link needs root for its namespace).
 bench: setup
 	$(PY) bench/store_commit.py
 	$(PY) bench/drain_reader.py
@@ -56,6 +56,8 @@ bench: setup
 	$(PY) bench/drain.py --repeats 3
 	$(PY) bench/slow_link.py
 	$(PY) bench/parigi.py
+	$(PY) bench/thin_link.py
+	$(PY) bench/thin_link.py --rate-kbit 128 --cut-every 60
 
 # The full chaos runs of docs/reliability.md (about 25 minutes).
 chaos: setup
