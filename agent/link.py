@@ -60,7 +60,7 @@ CONNECT_TIMEOUT_S = 10.0
 STOP_PUBLISH_WAIT_S = 2.0
 TICK_S = 0.5  # how often the drain looks at ack deadlines and retry times
 OUTBOX_RETRY_S = 5.0  # an outbox call failed: the drain tries again after this
-STABLE_SESSION_S = 10.0  # a connection that lasted this long resets the reconnect backoff
+STABLE_SESSION_S = 10.0  # a connection that lasted this long (or moved bytes) resets the reconnect backoff
 MQTT_OVERHEAD = 512  # fixed header, topic and user properties, generously
 NO_MATCHING_SUBSCRIBERS = 0x10  # PUBACK reason: accepted, but nobody subscribes (no centre running)
 MAX_INCOMING_PACKET = ACK_MAX_BODY + 64 * 1024  # told to the broker: it drops anything larger for us
@@ -220,15 +220,20 @@ class Link:
         self._loop = asyncio.get_running_loop()
         attempt = 0
         while not self._stopping.is_set():
-            started = time.monotonic()
             try:
                 client = await self._connect()
                 if client is not None:
+                    connected, confirmed = time.monotonic(), self.window.confirmed_total
                     try:
                         await self._session(client)
                     finally:
                         await self._teardown(client)
-                    if time.monotonic() - started >= STABLE_SESSION_S:
+                    # a session that lasted, or that moved bytes to the centre, was a working
+                    # link: on a link cut every few seconds the backoff must not climb
+                    if (
+                        time.monotonic() - connected >= STABLE_SESSION_S
+                        or self.window.confirmed_total > confirmed
+                    ):
                         attempt = 0
             except Exception as exc:  # a bug must not end the drain: log it loudly and start over
                 log.exception("the MQTT link failed; reconnecting")

@@ -107,7 +107,7 @@ class TransferWindow:
         self.clock = clock
         self.max_message: int | None = None  # the broker's limit on one chunk's data, if any
         self.transfers: dict[str, Transfer] = {}  # insertion order = seq order
-        self._confirmed_total = 0
+        self.confirmed_total = 0
         self._samples: deque[tuple[float, int]] = deque()
         self.rate = 0.0  # bytes/s the centre confirms, 0 until measured
         self.damaged = 0
@@ -174,7 +174,7 @@ class TransferWindow:
         now = self.clock()
         if self.in_flight() == 0:  # the link was idle: the rate is measured afresh from here
             self._samples.clear()
-            self._samples.append((now, self._confirmed_total))
+            self._samples.append((now, self.confirmed_total))
         t.last_activity = now
         if chunk.probe:
             t.probe_out = True
@@ -244,14 +244,14 @@ class TransferWindow:
         t.confirmed = max(t.confirmed, have)
         if gained:
             now = self.clock()
-            self._confirmed_total += gained
-            self._samples.append((now, self._confirmed_total))
+            self.confirmed_total += gained
+            self._samples.append((now, self.confirmed_total))
             while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_SPAN_S:
                 self._samples.popleft()
             first_t, first_bytes = self._samples[0]
             span = now - first_t
             if span > 0:
-                self.rate = (self._confirmed_total - first_bytes) / span
+                self.rate = (self.confirmed_total - first_bytes) / span
 
     # ------------------------------------------------------------------ time and connections
 

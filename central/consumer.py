@@ -282,6 +282,9 @@ class CentralConsumer:
                 self.counts["bad_chunks"] += 1
                 log.warning("ignored a message on kiosk %s's enrollment topic: %s", kiosk, exc)
                 continue
+            if chunk.whole:  # the usual case on a fast link: the ingest tells a duplicate itself
+                finals.append((kiosk, chunk, chunk.data))
+                continue
             held = store.stored_sha256(kiosk, chunk.packet_id)
             if held is not None:  # stored before (its ack was lost): answer at once, keep nothing
                 status = AckStatus.DUPLICATE if held == chunk.sha256 else AckStatus.CONFLICT
@@ -291,8 +294,6 @@ class CentralConsumer:
             elif chunk.probe:
                 have = store.partial_have(kiosk, chunk.packet_id, chunk.sha256)
                 acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, AckStatus.PARTIAL, have=have))
-            elif chunk.whole:
-                finals.append((kiosk, chunk, chunk.data))
             else:
                 parts.append((kiosk, chunk))
         if parts:
