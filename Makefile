@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/parigi.py
 	$(PY) bench/thin_link.py
 	$(PY) bench/thin_link.py --rate-kbit 128 --cut-every 60
+	$(PY) bench/sync_outage.py
 
 # The full chaos runs of docs/reliability.md (about 25 minutes).
 chaos: setup
