@@ -185,11 +185,6 @@ def late_kit(tmp_path: Path) -> Iterator[Kit]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/link.py: Link.sync_now() wakes the drain but does not rewind its cursor, so packets "
-    "resubmitted behind it (seq below the last one read this session) wait for the next reconnect",
-)
 def test_a_kiosk_registered_late_gets_its_rejected_packets_in(late_kit: Kit) -> None:
     k = late_kit
     k.start_central()
