@@ -20,6 +20,7 @@ from wire.keys import KeyFileError, create_central_keys, key_fingerprint, public
 
 if TYPE_CHECKING:
     from central.store import CentralStore
+    from wire.keys import CentralPrivateKeys
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -163,13 +164,15 @@ def kiosk_group() -> None:
 def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_json: bool) -> None:
     """Register kiosk ID with its Ed25519 public key, so its packets are verified and stored.
 
-    Packets from a kiosk that is not registered, or that its key does not verify, are kept
-    in quarantine and acknowledged as rejected. Registering the same key again is a no-op;
-    another key for a registered ID needs --replace (exit 2 without it).
+    Packets from a kiosk that is not registered are kept in quarantine and acknowledged as
+    rejected; `quarantine retry --all` stores them once it is registered. Registering the
+    same key again is a no-op; another key for a registered ID needs --replace (exit 2
+    without it).
 
     \b
     Example:
       ektp-central --config central.toml kiosk add 320715-01 --public-key 320715-01.key.pub
+      ektp-central --config central.toml quarantine retry --all
     """
     from pathlib import Path
 
@@ -308,17 +311,25 @@ def fleet_cmd(ctx: Context, as_json: bool) -> None:
     )
 
 
-@main.command("quarantine")
+@main.group("quarantine", invoke_without_command=True)
 @click.option("--kiosk", "kiosk", metavar="ID", help="Only what names this kiosk.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@pass_ctx
-def quarantine_cmd(ctx: Context, kiosk: str | None, as_json: bool) -> None:
-    """List what was kept in quarantine and why (unknown kiosk, bad signature, garbage, conflicts).
+@click.pass_context
+def quarantine_group(click_ctx: click.Context, kiosk: str | None, as_json: bool) -> None:
+    """List what was kept in quarantine and why (unknown kiosk, wrong centre key, conflicts,
+    damaged imports); `quarantine retry` ingests it again once the cause is fixed.
+
+    JSON: a list of objects with id, received_at, last_received_at, times, kiosk_hint,
+    reason, source, bytes.
 
     \b
     Example:
       ektp-central --config central.toml quarantine --json
+      ektp-central --config central.toml quarantine retry --all
     """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
     with central_store(ctx) as store:
         rows = store.quarantined(kiosk)
     if as_json:
@@ -341,6 +352,136 @@ def quarantine_cmd(ctx: Context, kiosk: str | None, as_json: bool) -> None:
     )
 
 
+@quarantine_group.command("retry")
+@click.argument("ids", metavar="[ID ...]", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="Retry everything in quarantine.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object with the counts and each result."
+)
+@pass_ctx
+def quarantine_retry(ctx: Context, ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
+    """Ingest quarantined packets again (by quarantine id, or --all), e.g. after `kiosk add`.
+
+    Each goes through the same checks as a packet from MQTT. Those now stored or
+    duplicate leave the quarantine; the others stay with the new reason. Prints the
+    stored / duplicate / rejected / damaged / conflict counts (exit 0). Exit 1 if an ID is
+    not in the quarantine (nothing is retried then), 2 with neither IDs nor --all.
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosk add 320715-01 --public-key 320715-01.key.pub
+      ektp-central --config central.toml quarantine retry --all
+    """
+    from central.ingest import STATUSES, Ingestor
+
+    if not ids and not retry_all:
+        fail(
+            "name the quarantine IDs to retry, or pass --all (`ektp-central quarantine` lists them)",
+            EXIT_USAGE,
+        )
+    if ids and retry_all:
+        fail("pass either quarantine IDs or --all, not both", EXIT_USAGE)
+    logging.getLogger("central").addHandler(logging.NullHandler())  # the report below says it all
+    keys = _central_keys_if_readable(ctx)
+    with central_store(ctx) as store:
+        held = store.quarantine_ids()
+        missing = sorted(set(ids) - set(held))
+        if missing:
+            fail(
+                f"not in the quarantine: {', '.join(map(str, missing))} (`ektp-central quarantine` lists the IDs)",
+                EXIT_PROBLEM,
+            )
+        results = Ingestor(store, keys).retry_quarantined(list(ids) if ids else held)
+    counts = dict.fromkeys(STATUSES, 0)
+    for _, result in results:
+        counts[result.status] += 1
+    if as_json:
+        emit_json(
+            {
+                **counts,
+                "results": [
+                    {
+                        "id": qid,
+                        "status": r.status,
+                        "packet_id": r.packet_id,
+                        "kiosk": r.kiosk,
+                        "seq": r.seq,
+                        "reason": r.reason,
+                    }
+                    for qid, r in results
+                ],
+            }
+        )
+        return
+    for qid, r in results:
+        if not r.acknowledged:
+            click.echo(f"{r.status} {qid}: {r.reason.removeprefix(r.status + ': ')}")
+    click.echo(", ".join(f"{status} {n}" for status, n in counts.items()))
+
+
+def _central_keys_if_readable(ctx: Context) -> CentralPrivateKeys | None:
+    """The centre's keys for the body check, or None (with a note on stderr) when they cannot be read.
+
+    Import and retry need only the store; with the keys they also refuse what the consumer
+    refuses (a body encrypted to another centre key).
+    """
+    from wire.keys import load_central_private
+
+    path = ctx.config.central_private_key
+    try:
+        return load_central_private(path)
+    except KeyFileError as exc:
+        click.echo(f"ektp-central: note: packet bodies are not checked: {exc}", err=True)
+        return None
+
+
+@main.command("partials")
+@click.option("--kiosk", "kiosk", metavar="ID", help="Only this kiosk's transfers.")
+@click.option(
+    "--expire",
+    is_flag=True,
+    help="First drop the transfers idle for longer than [store] partial_expiry_s (the consumer does it too).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def partials_cmd(ctx: Context, kiosk: str | None, expire: bool, as_json: bool) -> None:
+    """List the packets in transfer: the chunks the centre holds until a packet is whole.
+
+    JSON: a list of objects with kiosk, packet_id, sha256, total (the packet's bytes),
+    have (bytes held from its start without a gap), chunks, first_received_at,
+    last_received_at. Never content.
+
+    \b
+    Example:
+      ektp-central --config central.toml partials --kiosk 320715-01 --json
+    """
+    with central_store(ctx) as store:
+        if expire:
+            dropped = store.expire_partials(ctx.config.partial_expiry_s)
+            click.echo(
+                f"dropped {dropped} transfers idle for over {ctx.config.partial_expiry_s:.0f} s", err=True
+            )
+        rows = store.partials(kiosk)
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["kiosk", "packet_id", "sha256", "have", "total", "chunks", "last_received_at"],
+        [
+            [
+                r["kiosk"],
+                r["packet_id"],
+                r["sha256"][:12],
+                r["have"],
+                r["total"],
+                r["chunks"],
+                r["last_received_at"],
+            ]
+            for r in rows
+        ],
+    )
+
+
 @main.command("import")
 @click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, dir_okay=True))
 @click.option(
@@ -351,9 +492,11 @@ def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
     """Ingest the packet files in DIR (from `ektp-agent export`), with the same idempotency as MQTT.
 
     Every regular file in DIR except dotfiles is read as one packet. Already stored
-    packets count as duplicates; unknown kiosks, bad signatures and garbage are kept in
-    quarantine and counted as rejected (exit 1). Prints the stored / duplicate /
-    rejected counts. Importing the same directory twice stores nothing new.
+    packets count as duplicates. Files that do not authenticate (cut, altered) are
+    damaged; unknown kiosks, bodies for another centre key and conflicting copies are
+    rejected or conflict; all of those are kept in quarantine (exit 1). Prints the
+    stored / duplicate / rejected / damaged / conflict counts. Importing the same
+    directory twice stores nothing new.
 
     \b
     Example:
@@ -361,11 +504,11 @@ def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
     """
     from pathlib import Path
 
-    from central.ingest import MAX_PACKET_BYTES, Ingestor, IngestResult
+    from central.ingest import MAX_PACKET_BYTES, STATUSES, Ingestor, IngestResult
 
     files = sorted(p for p in Path(directory).iterdir() if not p.name.startswith(".") and p.is_file())
     report: list[dict[str, Any]] = []
-    counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+    counts = dict.fromkeys(STATUSES, 0)
 
     def note(path: Path, result: IngestResult) -> None:
         counts[result.status] += 1
@@ -381,8 +524,9 @@ def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
         )
 
     logging.getLogger("central").addHandler(logging.NullHandler())  # the report below says it all
+    keys = _central_keys_if_readable(ctx)
     with central_store(ctx) as store, _progress(len(files)) as advance:
-        ingestor = Ingestor(store)
+        ingestor = Ingestor(store, keys)
         batch: list[tuple[Path, bytes]] = []
 
         def flush() -> None:
@@ -413,12 +557,11 @@ def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
         emit_json({"directory": str(directory), **counts, "files": report})
     else:
         for item in report:
-            if item["status"] == "rejected":
-                click.echo(f"rejected {item['file']}: {item['reason']}")
-        click.echo(
-            f"stored {counts['stored']}, duplicate {counts['duplicate']}, rejected {counts['rejected']}"
-        )
-    if counts["rejected"]:
+            if item["status"] not in ("stored", "duplicate"):
+                reason = item["reason"].removeprefix(item["status"] + ": ")
+                click.echo(f"{item['status']} {item['file']}: {reason}")
+        click.echo(", ".join(f"{status} {n}" for status, n in counts.items()))
+    if any(counts[status] for status in STATUSES if status not in ("stored", "duplicate")):
         sys.exit(EXIT_PROBLEM)
 
 

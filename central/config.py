@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import math
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wire.names import TOPIC_PREFIX_RE
+from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 
 DEFAULT_CENTRAL_CONFIG = Path("/etc/ektp-central/config.toml")
 DEFAULT_STORE_URL = "/var/lib/ektp-central/central.db"
 DEFAULT_PRIVATE_KEY = Path("/var/lib/ektp-central/central.key")
+DEFAULT_INSTANCE = "main"
+DEFAULT_PARTIAL_EXPIRY_S = 7 * 24 * 3600.0  # a transfer idle this long is dropped (the kiosk starts it again)
+MAX_CLIENT_ID = 64  # what any broker takes (MQTT 5 allows more; 3.1.1 servers need only take 23)
 
 
 class ConfigError(Exception):
@@ -30,7 +35,8 @@ class CentralMqtt:
     host: str = "localhost"
     port: int = 1883
     topic_prefix: str = "ektp/v1"
-    client_id: str = field(default_factory=lambda: f"ektp-central-{socket.gethostname()}-{os.getpid()}")
+    instance: str = DEFAULT_INSTANCE  # tells apart consumers on one host
+    client_id: str = ""  # "": ektp-central-{hostname}-{instance}, the same across restarts
     share_group: str = "ektp-central"
     tls: bool = False
     ca_file: Path | None = None
@@ -42,6 +48,24 @@ class CentralMqtt:
     reconnect_min_s: int = 1
     reconnect_max_s: int = 5  # a few consumers, not a fleet: come back quickly after a broker restart
 
+    def __post_init__(self) -> None:
+        if not self.client_id:  # a stable id: a restart resumes the broker's session of this consumer
+            object.__setattr__(self, "client_id", default_client_id(self.instance))
+
+
+def default_client_id(instance: str, hostname: str | None = None) -> str:
+    """``ektp-central-{hostname}-{instance}``: the hostname reduced to [A-Za-z0-9_-] and, when the id
+    would pass 64 characters, cut and followed by a short hash of the whole name (two long names
+    stay apart). The instance is never cut; only a very long one makes the id longer than 64."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname() if hostname is None else hostname)
+    host = host.strip("-") or "host"
+    room = MAX_CLIENT_ID - len("ektp-central--") - len(instance)
+    tag = hashlib.sha256(host.encode()).hexdigest()[:8]
+    if len(host) > max(room, len(tag)):
+        head = host[: room - len(tag) - 1].rstrip("-") if room > len(tag) + 1 else ""
+        host = f"{head}-{tag}" if head else tag
+    return f"ektp-central-{host}-{instance}"
+
 
 @dataclass(frozen=True, slots=True)
 class CentralConfig:
@@ -49,6 +73,7 @@ class CentralConfig:
     store_url: str = DEFAULT_STORE_URL
     central_private_key: Path = DEFAULT_PRIVATE_KEY
     quarantine_dir: Path | None = None  # default: beside the SQLite store, or ./quarantine
+    partial_expiry_s: float = DEFAULT_PARTIAL_EXPIRY_S
     source: Path | None = None
 
 
@@ -57,6 +82,7 @@ _KEYS: dict[str, dict[str, type]] = {
         "host": str,
         "port": int,
         "topic_prefix": str,
+        "instance": str,
         "client_id": str,
         "share_group": str,
         "tls": bool,
@@ -69,7 +95,7 @@ _KEYS: dict[str, dict[str, type]] = {
         "reconnect_min_s": int,
         "reconnect_max_s": int,
     },
-    "store": {"url": str, "quarantine_dir": Path},
+    "store": {"url": str, "quarantine_dir": Path, "partial_expiry_s": float},
     "keys": {"central_private_key": Path},
 }
 
@@ -104,6 +130,10 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
                 raw = p if p.is_absolute() else base / p
             elif kind is int and (not isinstance(raw, int) or isinstance(raw, bool)):
                 raise ConfigError(f"{section}.{key}", raw, "a whole number", path=path)
+            elif kind is float:
+                if not isinstance(raw, int | float) or isinstance(raw, bool):
+                    raise ConfigError(f"{section}.{key}", raw, "a number", path=path)
+                raw = float(raw)
             elif kind is not int and not isinstance(raw, kind):
                 raise ConfigError(f"{section}.{key}", raw, f"a {kind.__name__}", path=path)
             values.setdefault(section, {})[key] = raw
@@ -114,7 +144,21 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
         raise ConfigError(
             "mqtt.topic_prefix", mqtt["topic_prefix"], "a topic prefix without wildcards", path=path
         )
+    if "instance" in mqtt and not KIOSK_ID_RE.fullmatch(mqtt["instance"]):
+        raise ConfigError(
+            "mqtt.instance", mqtt["instance"], '1-64 characters from A-Z a-z 0-9 _ - (e.g. "main")', path=path
+        )
+    if "client_id" in mqtt and not mqtt["client_id"].strip():
+        raise ConfigError("mqtt.client_id", mqtt["client_id"], "a non-empty MQTT client id", path=path)
     store = values.get("store", {})
+    expiry = store.get("partial_expiry_s", DEFAULT_PARTIAL_EXPIRY_S)
+    if not math.isfinite(expiry) or expiry <= 0:
+        raise ConfigError(
+            "store.partial_expiry_s",
+            expiry,
+            "a number of seconds above 0 (default 604800, 7 days)",
+            path=path,
+        )
     url = store.get("url", DEFAULT_STORE_URL)
     if not url.startswith(("postgresql://", "postgres://")) and not Path(url).is_absolute():
         url = str(base / url)
@@ -123,5 +167,6 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
         store_url=url,
         central_private_key=values.get("keys", {}).get("central_private_key", DEFAULT_PRIVATE_KEY),
         quarantine_dir=store.get("quarantine_dir"),
+        partial_expiry_s=expiry,
         source=path,
     )

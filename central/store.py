@@ -1,6 +1,7 @@
-"""The central store: registered kiosks, packets stored exactly once by packet id, the
-quarantine, and each kiosk's last status and health. One interface, two backends:
-SQLite (a path; WAL, synchronous=FULL) and PostgreSQL (a postgresql:// URL).
+"""The central store: registered kiosks, packets stored exactly once by (kiosk, packet id),
+the chunks of packets still in transfer, the quarantine, and each kiosk's last status and
+health. One interface, two backends: SQLite (a path; WAL, synchronous=FULL) and
+PostgreSQL (a postgresql:// URL).
 
     StoreError
      ├── StoreUnavailable        (also ConnectionError)  cannot open or reach the database
@@ -16,13 +17,15 @@ placeholder style and the column types of its DDL.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from central.fleet import FleetRow, build_fleet
+from wire.chunk import MAX_PACKET_BYTES as MAX_CHUNKED_PACKET
+from wire.chunk import Chunk, covered_prefix
 from wire.names import KIOSK_ID_RE
 
 if TYPE_CHECKING:
@@ -38,10 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: packets keyed by (kiosk, packet_id); partial_chunks
 SOURCES = ("mqtt", "import")
 STATUS_RANK = {"online": 0, "offline": 1}  # within one connection, online comes before offline
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
+SHA256_HEX_LEN = 64
 
 
 class StoreError(Exception):
@@ -73,12 +79,19 @@ class StoreOutcome(Enum):
     """What storing one packet did."""
 
     STORED = "stored"  # newly stored
-    DUPLICATE = "duplicate"  # the same bytes were already stored under this packet id
-    CONFLICT = "conflict"  # other bytes are stored under this packet id: the first kept, this one quarantined
+    DUPLICATE = "duplicate"  # the same bytes were already stored under this kiosk and packet id
+    CONFLICT = (
+        "conflict"  # other bytes are stored under this kiosk and packet id: the first kept, these quarantined
+    )
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_text(datetime.now(UTC))
+
+
+def utc_text(when: datetime) -> str:
+    """RFC 3339 UTC with milliseconds: the store's time format (ordered as text)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def open_store(url: str) -> CentralStore:
@@ -169,18 +182,30 @@ class CentralStore(ABC):
 
     # ------------------------------------------------------------------ schema
 
+    def _packets_ddl(self, table: str) -> str:
+        # the key is named, so a table rebuilt by a migration ends up exactly as a new one
+        return (
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            " kiosk TEXT NOT NULL, packet_id TEXT NOT NULL, seq BIGINT NOT NULL,"
+            " created_at TEXT NOT NULL, received_at TEXT NOT NULL, bytes BIGINT NOT NULL,"
+            f" sha256 TEXT NOT NULL, data {self.BLOB} NOT NULL,"
+            " source TEXT NOT NULL CHECK (source IN ('mqtt', 'import')),"
+            " CONSTRAINT packets_kiosk_packet_id PRIMARY KEY (kiosk, packet_id))"
+        )
+
     def _schema(self) -> list[str]:
         blob, serial = self.BLOB, self.SERIAL_PK
         return [
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS kiosks ("
             " id TEXT PRIMARY KEY, public_key TEXT NOT NULL, added_at TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS packets ("
-            " packet_id TEXT PRIMARY KEY, kiosk TEXT NOT NULL, seq BIGINT NOT NULL,"
-            " created_at TEXT NOT NULL, received_at TEXT NOT NULL, bytes BIGINT NOT NULL,"
-            f" sha256 TEXT NOT NULL, data {blob} NOT NULL,"
-            " source TEXT NOT NULL CHECK (source IN ('mqtt', 'import')))",
+            self._packets_ddl("packets"),
             "CREATE INDEX IF NOT EXISTS packets_kiosk_seq ON packets (kiosk, seq)",
+            # the chunks of a packet still in transfer, until it is whole (then ingested and dropped)
+            "CREATE TABLE IF NOT EXISTS partial_chunks ("
+            " kiosk TEXT NOT NULL, packet_id TEXT NOT NULL, sha256 TEXT NOT NULL,"
+            " byte_offset BIGINT NOT NULL, bytes BIGINT NOT NULL, total BIGINT NOT NULL,"
+            f" data {blob} NOT NULL, received_at TEXT NOT NULL,"
+            " PRIMARY KEY (kiosk, packet_id, sha256, byte_offset))",
             # the same bytes quarantined again (a re-import, a re-send) update one row and count it
             "CREATE TABLE IF NOT EXISTS quarantine ("
             f" id {serial}, received_at TEXT NOT NULL, last_received_at TEXT NOT NULL,"
@@ -194,18 +219,45 @@ class CentralStore(ABC):
         ]
 
     def _create_schema(self, sql: Sql) -> None:
-        for statement in self._schema():
-            sql(statement)
-        sql(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-            [str(SCHEMA_VERSION)],
-        )
-        (found,) = sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(found) > SCHEMA_VERSION:
+        """Create the tables, or bring an older schema up to this version (in the caller's transaction)."""
+        sql("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            found = None if row is None else int(row[0])
+        except ValueError:
+            raise StoreSchemaError(
+                f"central store {self.display} has schema version {row[0]!r}, not a number: "
+                "not an ektp-central store, or a damaged one"
+            ) from None
+        if found is not None and found > SCHEMA_VERSION:
             raise StoreSchemaError(
                 f"central store {self.display} has schema version {found}, newer than this "
                 f"ektp-central knows ({SCHEMA_VERSION}); upgrade ektp-central"
             )
+        if found is not None and found < SCHEMA_VERSION:
+            log.info("central store %s: schema %d -> %d", self.display, found, SCHEMA_VERSION)
+            if found < 2:
+                self._migrate_packets_v1(sql)
+        for statement in self._schema():
+            sql(statement)
+        sql(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [str(SCHEMA_VERSION)],
+        )
+
+    def _migrate_packets_v1(self, sql: Sql) -> None:
+        """Schema 1 -> 2: ``packets`` keyed by (kiosk, packet_id) instead of packet_id alone.
+
+        SQLite cannot change a primary key in place: the table is rebuilt (a copy, the old
+        table dropped, the copy renamed), inside the opening transaction. The index on
+        (kiosk, seq) goes with the old table and ``_schema`` creates it again.
+        """
+        columns = "kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source"
+        sql(self._packets_ddl("packets_v2"))
+        sql(f"INSERT INTO packets_v2 ({columns}) SELECT {columns} FROM packets")
+        sql("DROP TABLE packets")
+        sql("ALTER TABLE packets_v2 RENAME TO packets")
 
     def schema_version(self) -> int:
         with self._tx(write=False) as sql:
@@ -270,15 +322,24 @@ class CentralStore(ABC):
     def store_packets(self, items: Sequence[tuple[PacketHeader, bytes, str]]) -> list[bool]:
         """Store verified packets ``(header, data, source)`` in one durable transaction (group commit).
 
-        True for each newly stored packet, False for a packet id already stored (a
-        duplicate; one with other bytes is also quarantined, see ``commit_packets``).
+        True for each newly stored packet, False for one whose kiosk and packet id are
+        already stored (a duplicate; one with other bytes is also quarantined, see
+        ``commit_packets``).
         :raises StoreInputError: an unknown source
         :raises StoreError: nothing of the batch is stored
         """
         return [outcome is StoreOutcome.STORED for outcome in self.commit_packets(items)]
 
-    def commit_packets(self, items: Sequence[tuple[PacketHeader, bytes, str]]) -> list[StoreOutcome]:
-        """As ``store_packets``, telling a duplicate (same bytes) from a conflict (other bytes, quarantined)."""
+    def commit_packets(
+        self, items: Sequence[tuple[PacketHeader, bytes, str]], *, quarantine_conflicts: bool = True
+    ) -> list[StoreOutcome]:
+        """As ``store_packets``, telling a duplicate (same bytes) from a conflict (other bytes).
+
+        A packet is identified by its kiosk and packet id: another kiosk's packet with the
+        same packet id is another packet. A conflict keeps the first copy and puts the new
+        bytes in quarantine (unless ``quarantine_conflicts`` is false: a retry of bytes
+        that are in quarantine already).
+        """
         for _, data, source in items:
             check_source(source)
             if not isinstance(data, bytes | bytearray | memoryview):
@@ -287,25 +348,27 @@ class CentralStore(ABC):
             return []
         now = utc_now()
         outcomes: list[StoreOutcome | None] = [None] * len(items)
-        # Rows are locked in packet id order (a stable sort keeps the first of a repeated id first), so
+        # Rows are locked in key order (a stable sort keeps the first of a repeated key first), so
         # two consumers storing overlapping batches at once wait for each other instead of deadlocking.
-        order = sorted(range(len(items)), key=lambda i: items[i][0].packet_id)
+        order = sorted(range(len(items)), key=lambda i: (items[i][0].kiosk_id, items[i][0].packet_id))
         with self._tx() as sql:
             for index in order:
                 header, data, source = items[index]
-                outcomes[index] = self._insert_packet(sql, header, bytes(data), source, now)
+                outcomes[index] = self._insert_packet(
+                    sql, header, bytes(data), source, now, quarantine_conflicts
+                )
         return [o for o in outcomes if o is not None]
 
     def _insert_packet(
-        self, sql: Sql, header: PacketHeader, raw: bytes, source: str, now: str
+        self, sql: Sql, header: PacketHeader, raw: bytes, source: str, now: str, quarantine_conflicts: bool
     ) -> StoreOutcome:
         digest = hashlib.sha256(raw).hexdigest()
         inserted = sql(
-            "INSERT INTO packets (packet_id, kiosk, seq, created_at, received_at, bytes, sha256, data, source)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (packet_id) DO NOTHING",
+            "INSERT INTO packets (kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kiosk, packet_id) DO NOTHING",
             [
-                header.packet_id,
                 header.kiosk_id,
+                header.packet_id,
                 header.seq,
                 header.created_at,
                 now,
@@ -318,17 +381,26 @@ class CentralStore(ABC):
         if inserted == 1:
             return StoreOutcome.STORED
         (stored_digest,) = sql(
-            "SELECT sha256 FROM packets WHERE packet_id = ?", [header.packet_id]
+            "SELECT sha256 FROM packets WHERE kiosk = ? AND packet_id = ?",
+            [header.kiosk_id, header.packet_id],
         ).fetchone()
         if stored_digest == digest:
             return StoreOutcome.DUPLICATE
-        reason = (
-            f"conflict: packet id {header.packet_id} (kiosk {header.kiosk_id}, seq {header.seq}) is already "
-            "stored with other bytes; the first copy is kept, this one is quarantined"
-        )
-        log.warning("%s", reason)
-        self._insert_quarantine(sql, raw, kiosk_hint=header.kiosk_id, reason=reason, source=source, now=now)
+        if quarantine_conflicts:
+            reason = conflict_reason(header.kiosk_id, header.packet_id, header.seq)
+            log.warning("%s", reason)
+            self._insert_quarantine(
+                sql, raw, kiosk_hint=header.kiosk_id, reason=reason, source=source, now=now
+            )
         return StoreOutcome.CONFLICT
+
+    def stored_sha256(self, kiosk: str, packet_id: str) -> str | None:
+        """The hex SHA-256 of the bytes stored for this kiosk and packet id, or None if none are."""
+        with self._tx(write=False) as sql:
+            row = sql(
+                "SELECT sha256 FROM packets WHERE kiosk = ? AND packet_id = ?", [kiosk, packet_id]
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def packets(self, kiosk: str | None = None) -> list[dict[str, Any]]:
         """Stored packets (no data), by kiosk and seq: ``packet_id, kiosk, seq, created_at, received_at, bytes, source``."""
@@ -342,11 +414,155 @@ class CentralStore(ABC):
         names = ("packet_id", "kiosk", "seq", "created_at", "received_at", "bytes", "source")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def packet_data(self, packet_id: str) -> bytes | None:
-        """The stored bytes of one packet, or None."""
+    def packet_data(self, kiosk: str, packet_id: str) -> bytes | None:
+        """The stored bytes of one packet of ``kiosk``, or None."""
         with self._tx(write=False) as sql:
-            row = sql("SELECT data FROM packets WHERE packet_id = ?", [packet_id]).fetchone()
+            row = sql(
+                "SELECT data FROM packets WHERE kiosk = ? AND packet_id = ?", [kiosk, packet_id]
+            ).fetchone()
         return None if row is None else bytes(row[0])
+
+    # ------------------------------------------------------------------ partial transfers
+
+    def add_chunks(self, items: Sequence[tuple[str, Chunk]]) -> list[int]:
+        """Keep chunks ``(kiosk, chunk)`` of packets in transfer, all in one durable transaction.
+
+        Returns, for each item, how many bytes from the start of its packet (its kiosk,
+        packet id and SHA-256) the centre holds without a gap once the batch is committed.
+        A chunk held already at the same offset is a no-op unless the new one is longer
+        (it then replaces it); a probe (no data) only asks. A chunk whose total differs
+        from the one its transfer already has is not kept (a total is fixed by the
+        SHA-256; the transfer's own chunks decide). Nothing here is authenticated: the
+        caller checks the assembled packet.
+        :raises StoreInputError: a bad kiosk id, SHA-256 or span
+        """
+        for kiosk, chunk in items:
+            check_kiosk_id(kiosk)
+            check_chunk(chunk)
+        if not items:
+            return []
+        now = utc_now()
+        keys = [(kiosk, chunk.packet_id, chunk.sha256) for kiosk, chunk in items]
+        # rows locked in key order, as in commit_packets: concurrent batches cannot deadlock
+        order = sorted(range(len(items)), key=lambda i: (keys[i], items[i][1].offset))
+        totals: dict[tuple[str, str, str], int | None] = {}
+        with self._tx() as sql:
+            for index in order:
+                key, chunk = keys[index], items[index][1]
+                if key not in totals:
+                    row = sql(
+                        "SELECT total FROM partial_chunks WHERE kiosk = ? AND packet_id = ? AND sha256 = ? LIMIT 1",
+                        key,
+                    ).fetchone()
+                    totals[key] = None if row is None else int(row[0])
+                if chunk.probe or not chunk.data:
+                    continue
+                if totals[key] not in (None, chunk.total):
+                    log.warning(
+                        "chunk of packet %s (kiosk %s) declares a %d-byte packet, its transfer %s: not kept",
+                        chunk.packet_id,
+                        key[0],
+                        chunk.total,
+                        totals[key],
+                    )
+                    continue
+                sql(
+                    "INSERT INTO partial_chunks"
+                    " (kiosk, packet_id, sha256, byte_offset, bytes, total, data, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (kiosk, packet_id, sha256, byte_offset) DO UPDATE SET"
+                    " bytes = excluded.bytes, data = excluded.data, received_at = excluded.received_at"
+                    " WHERE excluded.bytes > partial_chunks.bytes",
+                    [*key, chunk.offset, len(chunk.data), chunk.total, bytes(chunk.data), now],
+                )
+                totals[key] = chunk.total
+            have = {key: self._prefix(sql, key) for key in totals}
+        return [have[key] for key in keys]
+
+    def _prefix(self, sql: Sql, key: Sequence[str]) -> int:
+        """Bytes held from the start of one transfer, from its (offset, length) rows: never its data."""
+        spans = sql(
+            "SELECT byte_offset, bytes FROM partial_chunks WHERE kiosk = ? AND packet_id = ? AND sha256 = ?"
+            " ORDER BY byte_offset",
+            list(key),
+        ).fetchall()
+        return covered_prefix([(int(o), int(n)) for o, n in spans])
+
+    def partial_have(self, kiosk: str, packet_id: str, sha256: str) -> int:
+        """Bytes of this transfer held from its start without a gap (0 when nothing is held)."""
+        with self._tx(write=False) as sql:
+            return self._prefix(sql, (kiosk, packet_id, sha256))
+
+    def assemble_partial(self, kiosk: str, packet_id: str, sha256: str) -> bytes | None:
+        """The whole packet when its chunks cover 0 .. total without a gap (overlaps taken in offset
+        order), else None. The caller checks its SHA-256 and authenticates it."""
+        key = [kiosk, packet_id, sha256]
+        with self._tx(write=False) as sql:
+            row = sql(
+                "SELECT MAX(total) FROM partial_chunks WHERE kiosk = ? AND packet_id = ? AND sha256 = ?", key
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            total = int(row[0])
+            if self._prefix(sql, key) < total:
+                return None
+            packet = bytearray()
+            cursor = sql(
+                "SELECT byte_offset, data FROM partial_chunks WHERE kiosk = ? AND packet_id = ? AND sha256 = ?"
+                " ORDER BY byte_offset",
+                key,
+            )
+            while (chunk := cursor.fetchone()) is not None:  # one chunk at a time beside the packet
+                offset, data = int(chunk[0]), chunk[1]
+                if offset > len(packet):
+                    return None
+                packet += data[len(packet) - offset :]
+        return bytes(packet[:total]) if len(packet) >= total else None
+
+    def drop_partial(self, kiosk: str, packet_id: str, sha256: str) -> None:
+        """Forget one transfer's chunks (the packet is stored, or its bytes did not authenticate)."""
+        with self._tx() as sql:
+            sql(
+                "DELETE FROM partial_chunks WHERE kiosk = ? AND packet_id = ? AND sha256 = ?",
+                [kiosk, packet_id, sha256],
+            )
+
+    def expire_partials(self, older_than_s: float) -> int:
+        """Drop the transfers whose newest chunk is older than ``older_than_s``; returns how many.
+
+        :raises StoreInputError: not a number of seconds >= 0
+        """
+        if (
+            not isinstance(older_than_s, int | float)
+            or isinstance(older_than_s, bool)
+            or not math.isfinite(older_than_s)
+            or older_than_s < 0
+        ):
+            raise StoreInputError(f"partial expiry {older_than_s!r} is not a number of seconds >= 0")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(seconds=older_than_s))
+        with self._tx() as sql:
+            dropped = sql(
+                "DELETE FROM partial_chunks WHERE (kiosk, packet_id, sha256) IN ("
+                " SELECT kiosk, packet_id, sha256 FROM partial_chunks GROUP BY kiosk, packet_id, sha256"
+                " HAVING MAX(received_at) < ?) RETURNING kiosk, packet_id, sha256",
+                [cutoff],
+            ).fetchall()
+        transfers = {tuple(row) for row in dropped}
+        if transfers:
+            log.info("dropped %d partial transfers idle for over %.0f s", len(transfers), older_than_s)
+        return len(transfers)
+
+    def partials(self, kiosk: str | None = None) -> list[dict[str, Any]]:
+        """Transfers in progress (no data): ``kiosk, packet_id, sha256, total, have, chunks,
+        first_received_at, last_received_at``, by kiosk and packet id."""
+        query = "SELECT kiosk, packet_id, sha256, byte_offset, bytes, total, received_at FROM partial_chunks"
+        params: list[Any] = []
+        if kiosk is not None:
+            query += " WHERE kiosk = ?"
+            params.append(kiosk)
+        with self._tx(write=False) as sql:
+            rows = sql(query + " ORDER BY kiosk, packet_id, sha256, byte_offset", params).fetchall()
+        return [_partial_row(key, list(group)) for key, group in itertools.groupby(rows, key=lambda r: r[:3])]
 
     # ------------------------------------------------------------------ quarantine
 
@@ -391,6 +607,32 @@ class CentralStore(ABC):
             rows = sql(query + " ORDER BY id", params).fetchall()
         names = ("id", "received_at", "last_received_at", "times", "kiosk_hint", "reason", "source", "bytes")
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def quarantine_ids(self) -> list[int]:
+        """Every quarantine id, oldest first."""
+        with self._tx(write=False) as sql:
+            return [int(r[0]) for r in sql("SELECT id FROM quarantine ORDER BY id").fetchall()]
+
+    def quarantined_data(self, ids: Sequence[int]) -> list[tuple[int, str | None, bytes]]:
+        """``(id, source, data)`` of the quarantine rows among ``ids`` that exist, by id."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return []
+        marks = ", ".join("?" for _ in wanted)
+        with self._tx(write=False) as sql:
+            rows = sql(
+                f"SELECT id, source, data FROM quarantine WHERE id IN ({marks}) ORDER BY id", wanted
+            ).fetchall()
+        return [(int(i), source, bytes(data)) for i, source, data in rows]
+
+    def settle_quarantined(self, released: Sequence[int], kept: Sequence[tuple[int, str]]) -> None:
+        """After a retry, in one transaction: delete the ``released`` rows (their packets are stored)
+        and give each ``kept`` row ``(id, reason)`` the reason of this attempt."""
+        with self._tx() as sql:
+            for qid in sorted(released):
+                sql("DELETE FROM quarantine WHERE id = ?", [qid])
+            for qid, reason in sorted(kept):
+                sql("UPDATE quarantine SET reason = ? WHERE id = ?", [reason, qid])
 
     # ------------------------------------------------------------------ status and health
 
@@ -474,6 +716,42 @@ def check_kiosk_id(kiosk_id: str) -> None:
         raise StoreInputError(
             f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")'
         )
+
+
+def check_chunk(chunk: Chunk) -> None:
+    """:raises StoreInputError: not a chunk, or its fields do not add up"""
+    if not isinstance(chunk, Chunk):
+        raise StoreInputError(f"expected a wire.chunk.Chunk, not {type(chunk).__name__}")
+    sha = chunk.sha256
+    if len(sha) != SHA256_HEX_LEN or sha.strip("0123456789abcdef"):
+        raise StoreInputError(f"chunk sha256 {sha[:80]!r} is not 64 lowercase hex digits")
+    if not 1 <= chunk.total <= MAX_CHUNKED_PACKET or chunk.offset < 0 or chunk.end > chunk.total:
+        raise StoreInputError(
+            f"chunk of {len(chunk.data)} bytes at offset {chunk.offset} does not fit a {chunk.total}-byte packet"
+        )
+
+
+def conflict_reason(kiosk: str, packet_id: str, seq: int | None) -> str:
+    at = "" if seq is None else f", seq {seq}"
+    return (
+        f"conflict: packet {packet_id} of kiosk {kiosk}{at} is already stored with other bytes; "
+        "the first copy is kept, this one is quarantined"
+    )
+
+
+def _partial_row(key: Sequence[Any], rows: list[Any]) -> dict[str, Any]:
+    """One transfer's summary from its chunk rows (kiosk, packet_id, sha256, offset, bytes, total, received_at)."""
+    received = [r[6] for r in rows]
+    return {
+        "kiosk": key[0],
+        "packet_id": key[1],
+        "sha256": key[2],
+        "total": int(rows[0][5]),
+        "have": covered_prefix([(int(r[3]), int(r[4])) for r in rows]),
+        "chunks": len(rows),
+        "first_received_at": min(received),
+        "last_received_at": max(received),
+    }
 
 
 def check_source(source: str) -> None:

@@ -37,6 +37,17 @@ class PostgresStore(CentralStore):
             self.close()
             raise
 
+    def _migrate_packets_v1(self, sql: Sql) -> None:
+        """Schema 1 -> 2 in place: PostgreSQL changes the primary key without copying the packets
+        (one index build, in the opening transaction), where SQLite must rebuild the table."""
+        (old_key,) = sql(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'packets'::regclass AND contype = 'p'"
+        ).fetchone()
+        sql(
+            f'ALTER TABLE packets DROP CONSTRAINT "{old_key}",'
+            " ADD CONSTRAINT packets_kiosk_packet_id PRIMARY KEY (kiosk, packet_id)"
+        )
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -1,8 +1,10 @@
 """`ektp-central` as an operator runs it: keys init, kiosk add, import of an export
-directory, packets, fleet, each with --json; the console script as a subprocess."""
+directory, quarantine and its retry, partial transfers, packets, fleet, each with --json;
+the console script as a subprocess."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -95,16 +97,18 @@ def test_keys_init_kiosk_add_import_packets_fleet(centre: Centre, tmp_path: Path
     (export / ".hidden").write_bytes(b"skipped")
     (export / "subdir").mkdir()
 
-    report = centre.json("import", str(export), code=1)  # rejected files: exit 1
-    assert (report["stored"], report["duplicate"], report["rejected"]) == (5, 1, 2)
+    report = centre.json("import", str(export), code=1)  # rejected and damaged files: exit 1
+    counts = ("stored", "duplicate", "rejected", "damaged", "conflict")
+    assert tuple(report[k] for k in counts) == (5, 1, 1, 1, 0)
     by_file = {f["file"]: f for f in report["files"]}
     assert ".hidden" not in by_file and "subdir" not in by_file
     assert by_file["copy-of-1.ektp"]["status"] == "duplicate"
-    assert by_file["garbage.ektp"]["status"] == "rejected"
+    assert by_file["garbage.ektp"]["status"] == "damaged"
+    assert by_file["stranger.ektp"]["status"] == "rejected"
     assert by_file["stranger.ektp"]["reason"].startswith("unknown_kiosk: kiosk 320715-99 is not registered")
 
     again_report = centre.json("import", str(export), code=1)
-    assert (again_report["stored"], again_report["duplicate"], again_report["rejected"]) == (0, 6, 2)
+    assert tuple(again_report[k] for k in counts) == (0, 6, 1, 1, 0)
 
     packets = centre.json("packets")
     assert [p["packet_id"] for p in packets] == ids
@@ -144,8 +148,9 @@ def test_import_of_only_good_packets_exits_0_and_prints_counts(centre: Centre, t
     export_dir(kiosk, tmp_path / "usb", [1, 2, 3])
     done = centre.run("import", str(tmp_path / "usb"))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "stored 3, duplicate 0, rejected 0"
-    assert centre.run("import", str(tmp_path / "usb")).stdout.strip() == "stored 0, duplicate 3, rejected 0"
+    assert done.stdout.strip().splitlines()[-1] == "stored 3, duplicate 0, rejected 0, damaged 0, conflict 0"
+    again = centre.run("import", str(tmp_path / "usb"))
+    assert again.stdout.strip() == "stored 0, duplicate 3, rejected 0, damaged 0, conflict 0"
 
 
 def test_kiosk_add_errors(centre: Centre, tmp_path: Path) -> None:
@@ -185,6 +190,8 @@ def test_import_errors_and_empty_store(centre: Centre, tmp_path: Path) -> None:
         "stored": 0,
         "duplicate": 0,
         "rejected": 0,
+        "damaged": 0,
+        "conflict": 0,
         "files": [],
     }
     assert centre.json("packets") == [] and centre.json("fleet") == [] and centre.json("kiosks") == []
@@ -205,7 +212,105 @@ def test_unreachable_store_is_a_problem_and_a_bad_config_a_usage_error(tmp_path:
     assert done.returncode == 2 and "store.url" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["kiosk add", "kiosks", "packets", "fleet", "import", "quarantine"])
+def register(centre: Centre, kiosk: Kiosk, tmp_path: Path) -> None:
+    pub = tmp_path / f"{kiosk.kiosk_id}.key.pub"
+    pub.write_bytes(kiosk.public_pem)
+    done = centre.run("kiosk", "add", kiosk.kiosk_id, "--public-key", str(pub))
+    assert done.returncode == 0, done.stderr
+
+
+def test_quarantine_retry_after_kiosk_add(centre: Centre, tmp_path: Path) -> None:
+    kiosk = init_keys(centre)
+    stranger = centralkit.kiosk("320715-99", kiosk.central)
+    export = tmp_path / "usb"
+    export.mkdir()
+    (export / "a.ektp").write_bytes(stranger.seal(1).data)
+    (export / "b.ektp").write_bytes(stranger.seal(2).data)
+    (export / "garbage.ektp").write_bytes(b"\x00\x01 not a packet")
+    report = centre.json("import", str(export), code=1)
+    assert (report["rejected"], report["damaged"]) == (2, 1)
+
+    done = centre.run("quarantine", "retry")
+    assert done.returncode == 2 and "--all" in done.stderr and done.stdout == ""
+    done = centre.run("quarantine", "retry", "424242")
+    assert done.returncode == 1 and "424242" in done.stderr
+    assert len(centre.json("quarantine")) == 3  # nothing retried
+
+    before = centre.json("quarantine", "retry", "--all")  # not registered yet: all stay
+    assert {k: before[k] for k in ("stored", "duplicate", "rejected", "damaged", "conflict")} == {
+        "stored": 0,
+        "duplicate": 0,
+        "rejected": 2,
+        "damaged": 1,
+        "conflict": 0,
+    }
+    assert len(centre.json("quarantine")) == 3
+
+    register(centre, stranger, tmp_path)
+    ids = sorted(q["id"] for q in centre.json("quarantine", "--kiosk", stranger.kiosk_id))
+    one = centre.json("quarantine", "retry", str(ids[0]))
+    assert (one["stored"], one["rejected"], one["damaged"]) == (1, 0, 0)
+    assert [(r["id"], r["status"], r["seq"]) for r in one["results"]] == [(ids[0], "stored", 1)]
+    done = centre.run("quarantine", "retry", "--all")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "stored 1, duplicate 0, rejected 0, damaged 1, conflict 0"
+    (left,) = centre.json("quarantine")
+    assert left["kiosk_hint"] is None and "damaged" in left["reason"]
+    assert [p["seq"] for p in centre.json("packets", "--kiosk", stranger.kiosk_id)] == [1, 2]
+    again = centre.json("import", str(export), code=1)  # the same files again: stored once, ever
+    assert (again["stored"], again["duplicate"], again["damaged"]) == (0, 2, 1)
+    assert len(centre.json("packets")) == 2
+
+
+def test_partials_lists_and_expires_transfers(tmp_path: Path) -> None:
+    from central.store import open_store
+    from wire.chunk import chunk_of
+
+    centre = make_centre(tmp_path, "data/central.db")
+    assert centre.json("partials") == []
+    data = b"\x42" * 5000
+    digest = hashlib.sha256(data).hexdigest()
+    pid = "01890a5d-ac96-774b-bcce-b302099a8057"
+    with open_store(str(tmp_path / "data" / "central.db")) as store:
+        store.add_chunks(
+            [
+                ("320715-01", chunk_of(pid, digest, data, 0, 2000)),
+                ("320715-02", chunk_of(pid, digest, data, 0, 100)),
+            ]
+        )
+    rows = centre.json("partials")
+    assert [(r["kiosk"], r["packet_id"], r["have"], r["total"], r["chunks"]) for r in rows] == [
+        ("320715-01", pid, 2000, 5000, 1),
+        ("320715-02", pid, 100, 5000, 1),
+    ]
+    assert set(rows[0]) == {
+        "kiosk",
+        "packet_id",
+        "sha256",
+        "total",
+        "have",
+        "chunks",
+        "first_received_at",
+        "last_received_at",
+    }
+    assert [r["kiosk"] for r in centre.json("partials", "--kiosk", "320715-02")] == ["320715-02"]
+    table = centre.run("partials")
+    assert table.returncode == 0 and "320715-01" in table.stdout and "2000" in table.stdout
+
+    kept = centre.run("partials", "--expire", "--json")  # the default expiry is 7 days: nothing goes
+    assert kept.returncode == 0 and len(json.loads(kept.stdout)) == 2 and "dropped 0" in kept.stderr
+    centre.config.write_text(
+        centre.config.read_text().replace("[store]\n", "[store]\npartial_expiry_s = 0.001\n")
+    )
+    gone = centre.run("partials", "--expire", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout) == [] and "dropped 2" in gone.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["kiosk add", "kiosks", "packets", "fleet", "import", "quarantine", "quarantine retry", "partials"],
+)
 def test_help_has_an_example(centre: Centre, command: str) -> None:
     done = centre.run(*command.split(), "--help")
     assert done.returncode == 0 and "Example" in done.stdout and "ektp-central --config" in done.stdout

@@ -1,9 +1,11 @@
-"""The central store, the same suite on SQLite and on PostgreSQL: idempotent group commit,
-quarantine, status ordering by connection counter, and the fleet table with seq gaps."""
+"""The central store, the same suite on SQLite and on PostgreSQL: packets keyed by kiosk and
+packet id with idempotent group commit, the migration from schema 1, quarantine, status
+ordering by connection counter, and the fleet table with seq gaps."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from central.store import (
     StoreError,
     StoreInputError,
     StoreOutcome,
+    StoreSchemaError,
     StoreUnavailable,
     open_store,
     redact_url,
@@ -54,11 +57,83 @@ def item(k: Kiosk, seq: int, source: str = "mqtt") -> tuple[PacketHeader, bytes,
 
 def test_schema_is_created_once_and_reopens(url: str, kiosk: Kiosk) -> None:
     with open_store(url) as first:
-        assert first.schema_version() == 1
+        assert first.schema_version() == 2
         first.add_kiosk(kiosk.kiosk_id, kiosk.public_pem)
     with open_store(url) as again:  # CREATE ... IF NOT EXISTS: nothing lost, no error
-        assert again.schema_version() == 1
+        assert again.schema_version() == 2
         assert [k["kiosk"] for k in again.kiosks()] == [kiosk.kiosk_id]
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    for u in centralkit.store_url(request.param, tmp_path):
+        yield request.param, u
+
+
+@pytest.mark.parametrize("backend_url", centralkit.BACKENDS, indirect=True)
+def test_a_schema_1_store_is_migrated_in_place(backend_url: tuple[str, str], kiosk: Kiosk) -> None:
+    """A database as schema 1 left it: opened, it is schema 2 with every packet and quarantine row kept."""
+    from uuid import UUID
+
+    backend, url = backend_url
+    old = [kiosk.seal(1), kiosk.seal(2), kiosk.seal(4)]
+    centralkit.create_v1_store(url, backend, old)
+    with open_store(url) as store:
+        assert store.schema_version() == 2
+        rows = store.packets()
+        assert [(r["kiosk"], r["seq"], r["source"]) for r in rows] == [
+            (kiosk.kiosk_id, s, "import") for s in (1, 2, 4)
+        ]
+        for p in old:
+            assert store.packet_data(kiosk.kiosk_id, p.packet_id) == p.data
+            assert store.stored_sha256(kiosk.kiosk_id, p.packet_id) == hashlib.sha256(p.data).hexdigest()
+        (q,) = store.quarantined()
+        assert (q["reason"], q["bytes"]) == ("bad_magic: garbage", 7)
+        assert store.fleet()[0]["gaps"] == [[3, 3]]  # the (kiosk, seq) index serves again
+
+        # the new key: a peer's packet under an old packet id is another packet; the same bytes a duplicate
+        peer = centralkit.kiosk("320715-02", kiosk.central).seal(1, packet_id=UUID(old[0].packet_id))
+        again = old[0]
+        other_bytes = kiosk.seal(1, packet_id=UUID(old[0].packet_id))
+        assert store.commit_packets(
+            [
+                (read_header(peer.data), peer.data, "mqtt"),
+                (read_header(again.data), again.data, "mqtt"),
+                (read_header(other_bytes.data), other_bytes.data, "mqtt"),
+            ]
+        ) == [StoreOutcome.STORED, StoreOutcome.DUPLICATE, StoreOutcome.CONFLICT]
+        assert store.add_chunks([]) == [] and store.partials() == []  # the new table is there
+    with open_store(url) as reopened:  # migrated once: opening again changes nothing
+        assert reopened.schema_version() == 2 and len(reopened.packets()) == 4
+
+
+@pytest.mark.parametrize("backend_url", centralkit.BACKENDS, indirect=True)
+def test_a_failed_migration_leaves_schema_1_untouched(
+    backend_url: tuple[str, str], kiosk: Kiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, url = backend_url
+    old = [kiosk.seal(1)]
+    centralkit.create_v1_store(url, backend, old)
+
+    def broken(self: CentralStore) -> list[str]:
+        raise StoreError("disk full, say")
+
+    monkeypatch.setattr(CentralStore, "_schema", broken)  # fails after the packets were rebuilt
+    with pytest.raises(StoreError):
+        open_store(url)
+    monkeypatch.undo()
+    assert centralkit.fetch_sql(url, "SELECT value FROM meta") == [("1",)]
+    assert len(centralkit.fetch_sql(url, "SELECT packet_id FROM packets")) == 1
+    with open_store(url) as store:  # rolled back whole: the migration runs again, from schema 1
+        assert store.schema_version() == 2
+        assert store.packet_data(kiosk.kiosk_id, old[0].packet_id) == old[0].data
+
+
+def test_a_newer_schema_is_refused(url: str) -> None:
+    open_store(url).close()
+    centralkit.run_sql(url, [("UPDATE meta SET value = '3' WHERE key = 'schema_version'", ())])
+    with pytest.raises(StoreSchemaError, match="schema version 3, newer"):
+        open_store(url)
 
 
 def test_add_kiosk_and_key_lookup(store: CentralStore, kiosk: Kiosk, tmp_path: Path) -> None:
@@ -108,7 +183,8 @@ def test_same_packet_twice_in_one_batch_and_across_batches_is_stored_once(
     rows = store.packets()
     assert [(r["packet_id"], r["seq"]) for r in rows] == [(a[0].packet_id, 1), (b[0].packet_id, 2)]
     assert {r["source"] for r in rows} == {"mqtt"}
-    assert store.packet_data(a[0].packet_id) == a[1]
+    assert store.packet_data(kiosk.kiosk_id, a[0].packet_id) == a[1]
+    assert store.packet_data("320715-02", a[0].packet_id) is None  # another kiosk: another key
     assert store.quarantined() == []
 
 
@@ -144,9 +220,55 @@ def test_same_packet_id_with_other_bytes_keeps_the_first_and_quarantines_the_sec
     assert store.commit_packets([(h1, first.data, "mqtt")]) == [StoreOutcome.STORED]
     assert store.commit_packets([(h2, second.data, "mqtt")]) == [StoreOutcome.CONFLICT]
     assert store.store_packets([(h2, second.data, "mqtt")]) == [False]
-    assert store.packet_data(first.packet_id) == first.data
+    assert store.packet_data(kiosk.kiosk_id, first.packet_id) == first.data
+    assert store.stored_sha256(kiosk.kiosk_id, first.packet_id) == hashlib.sha256(first.data).hexdigest()
     (q,) = store.quarantined()  # the same second copy twice: one row, seen twice
     assert first.packet_id in q["reason"] and q["kiosk_hint"] == kiosk.kiosk_id and q["times"] == 2
+    assert q["reason"].startswith("conflict: ") and q["bytes"] == len(second.data)
+
+
+def test_a_packet_id_is_per_kiosk_a_peer_cannot_claim_another_kiosks_id(
+    url: str, store: CentralStore, kiosk: Kiosk
+) -> None:
+    """Kiosk B storing a packet under kiosk A's packet id stores B's own row: when A's packet
+    comes it is stored too, not taken for a duplicate (which would free A's copy unstored)."""
+    from uuid import UUID
+
+    peer = centralkit.kiosk("320715-02", kiosk.central)
+    own = kiosk.seal(1)
+    squatter = peer.seal(1, packet_id=UUID(own.packet_id))
+    assert store.commit_packets([(read_header(squatter.data), squatter.data, "mqtt")]) == [
+        StoreOutcome.STORED
+    ]
+    assert store.stored_sha256(kiosk.kiosk_id, own.packet_id) is None
+    assert store.commit_packets([(read_header(own.data), own.data, "mqtt")]) == [StoreOutcome.STORED]
+    assert store.commit_packets([(read_header(own.data), own.data, "mqtt")]) == [StoreOutcome.DUPLICATE]
+    assert store.packet_data(kiosk.kiosk_id, own.packet_id) == own.data
+    assert store.packet_data(peer.kiosk_id, own.packet_id) == squatter.data
+    assert store.stored_sha256(peer.kiosk_id, own.packet_id) == hashlib.sha256(squatter.data).hexdigest()
+    assert sorted(r["kiosk"] for r in store.packets()) == [kiosk.kiosk_id, peer.kiosk_id]
+    assert store.quarantined() == []
+    with open_store(url) as other:  # the same from another connection, in one batch with a repeat
+        third = centralkit.kiosk("320715-03", kiosk.central).seal(1, packet_id=UUID(own.packet_id))
+        h3 = read_header(third.data)
+        assert other.commit_packets([(h3, third.data, "import"), (h3, third.data, "import")]) == [
+            StoreOutcome.STORED,
+            StoreOutcome.DUPLICATE,
+        ]
+    assert len(store.packets()) == 3
+
+
+def test_a_conflict_can_be_left_out_of_the_quarantine(store: CentralStore, kiosk: Kiosk) -> None:
+    from uuid import UUID
+
+    first = kiosk.seal(3)
+    second = kiosk.seal(3, packet_id=UUID(first.packet_id))
+    store.store_packets([(read_header(first.data), first.data, "mqtt")])
+    outcome = store.commit_packets(
+        [(read_header(second.data), second.data, "mqtt")], quarantine_conflicts=False
+    )
+    assert outcome == [StoreOutcome.CONFLICT]
+    assert store.quarantined() == []
 
 
 def test_packets_filter_by_kiosk(store: CentralStore, kiosk: Kiosk) -> None:
