@@ -6,14 +6,19 @@ The same path serves the MQTT consumer (``source="mqtt"``), ``ektp-central impor
 (``source="import"``) and ``ektp-central quarantine retry``. The centre stores the signed
 ciphertext as it came; reading the record is a separate step (``Ingestor.decrypt``).
 
+The checks that cost CPU (SHA-256, the signature, opening the body) release the GIL: a
+consumer hands the Ingestor a small thread pool and a batch is checked on both cores.
+
 Outcomes (``IngestResult.status``), in the order the checks run:
 
-    damaged    the bytes did not authenticate: no readable header, or a signature that
-               the registered key of the kiosk named in the header does not verify.
+    damaged    the bytes did not authenticate: not the SHA-256 the transfer announced, no
+               readable header, or a signature that the registered key of the kiosk named
+               in the header does not verify.
                Nothing of them is kept from MQTT (the kiosk sends them again; a flaky
                link must not fill the quarantine); an import quarantines them.
-    rejected   from a kiosk that is not registered, too large, or authenticated but its
-               body does not open with the centre's key: quarantined, never acked as stored
+    rejected   not from the kiosk (or not the packet id) the transfer announced, from a kiosk
+               that is not registered, too large, or authenticated but its body does not
+               open with the centre's key: quarantined, never acked as stored
     conflict   other bytes are stored under this kiosk and packet id: these are quarantined
     stored     newly stored
     duplicate  these bytes were stored before (ack them again)
@@ -25,6 +30,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +50,17 @@ RETRY_BATCH_ROWS = 64  # quarantine rows re-ingested per store transaction
 RETRY_BATCH_BYTES = 64 * 1024 * 1024
 
 Status = Literal["stored", "duplicate", "rejected", "damaged", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the transfer that brought an input announced: checked before anything else."""
+
+    kiosk: str  # the kiosk whose topic carried it
+    packet_id: str
+    sha256: str
+
+
 STATUSES: tuple[Status, ...] = ("stored", "duplicate", "rejected", "damaged", "conflict")
 
 
@@ -77,24 +94,34 @@ class Ingestor:
     centre's encryption key (else rejected); without them that check is skipped.
     """
 
-    def __init__(self, store: CentralStore, central_keys: CentralPrivateKeys | None = None) -> None:
+    def __init__(
+        self,
+        store: CentralStore,
+        central_keys: CentralPrivateKeys | None = None,
+        *,
+        crypto: Executor | None = None,
+    ) -> None:
         self.store = store
         self.central_keys = central_keys
+        self.crypto = crypto  # runs the CPU-bound checks of a batch in parallel; None: one by one
 
     def ingest(self, data: bytes, source: str) -> IngestResult:
         """Ingest one packet (its own transaction). :raises StoreError: nothing was stored or quarantined"""
         return self.ingest_many([data], source)[0]
 
-    def ingest_many(self, items: Sequence[bytes], source: str) -> list[IngestResult]:
+    def ingest_many(
+        self, items: Sequence[bytes], source: str, *, claims: Sequence[Claim] | None = None
+    ) -> list[IngestResult]:
         """Ingest a batch: check each, quarantine what must be kept aside, store the rest in ONE transaction.
 
+        ``claims``: per item, what its transfer announced (kiosk, packet id, SHA-256).
         Results are in the order of ``items``. When this returns, every stored or
         duplicate result is durable and every quarantined input is durably quarantined.
         :raises StoreInputError: an unknown source
         :raises StoreError: the store failed; ack nothing of this batch
         """
         check_source(source)
-        return self._ingest([(bytes(raw), source) for raw in items], quarantine=True)
+        return self._ingest([(bytes(raw), source) for raw in items], quarantine=True, claims=claims)
 
     def retry_quarantined(self, ids: Sequence[int]) -> list[tuple[int, IngestResult]]:
         """Ingest the quarantined inputs ``ids`` again (e.g. after ``kiosk add``), in batches.
@@ -143,14 +170,25 @@ class Ingestor:
 
     # ------------------------------------------------------------------ the checks
 
-    def _ingest(self, items: Sequence[tuple[bytes, str]], *, quarantine: bool) -> list[IngestResult]:
+    def _ingest(
+        self, items: Sequence[tuple[bytes, str]], *, quarantine: bool, claims: Sequence[Claim] | None = None
+    ) -> list[IngestResult]:
         """Check each ``(data, source)``, quarantine (if ``quarantine``) and store; results in order."""
+        keys: dict[str, Ed25519PublicKey | None] = {}  # one lookup per kiosk per batch
+        # the store is used on this thread only; the pool gets pure CPU work
+        looked_up = [self._look_up(data, keys) for data, _ in items]
+        jobs = [
+            (data, checked, None if claims is None else claims[i])
+            for i, ((data, _), checked) in enumerate(zip(items, looked_up, strict=True))
+        ]
+        checks = (
+            list(self.crypto.map(self._authenticate, jobs))
+            if self.crypto
+            else list(map(self._authenticate, jobs))
+        )
         results: list[IngestResult | None] = [None] * len(items)
         verified: list[tuple[int, PacketHeader, bytes, str, str]] = []
-        keys: dict[str, Ed25519PublicKey | None] = {}  # one lookup per kiosk per batch
-        for index, (data, source) in enumerate(items):
-            digest = hashlib.sha256(data).hexdigest()
-            checked = self._check(data, digest, keys)
+        for index, ((data, source), (checked, digest)) in enumerate(zip(items, checks, strict=True)):
             if isinstance(checked, PacketHeader):
                 verified.append((index, checked, data, source, digest))
                 continue
@@ -167,57 +205,73 @@ class Ingestor:
         outcomes = self.store.commit_packets(
             [(header, data, source) for _, header, data, source, _ in verified],
             quarantine_conflicts=quarantine,
+            digests=[digest for *_, digest in verified],
         )
         for (index, header, _, _, digest), outcome in zip(verified, outcomes, strict=True):
             results[index] = _result(header, outcome, digest)
         return [r for r in results if r is not None]
 
-    def _check(
-        self, data: bytes, digest: str, keys: dict[str, Ed25519PublicKey | None]
-    ) -> PacketHeader | IngestResult:
-        """The authenticated header, or what became of the input instead."""
+    def _look_up(
+        self, data: bytes, keys: dict[str, Ed25519PublicKey | None]
+    ) -> tuple[PacketHeader, Ed25519PublicKey | None] | PacketError | None:
+        """The header and its kiosk's registered key; the header's error; None if too large."""
         if len(data) > MAX_PACKET_BYTES:
-            return IngestResult(
-                None,
-                None,
-                None,
-                "rejected",
-                f"too_large: {len(data)} bytes, over the {MAX_PACKET_BYTES}-byte cap of a packet",
-                "too_large",
-                digest,
-            )
+            return None
         try:
             header = read_header(data)
         except PacketError as exc:
-            fault = exc.reason.value
-            return IngestResult(
-                exc.packet_id, exc.kiosk_id, None, "damaged", f"damaged: {fault}: {exc}", fault, digest
-            )
+            return exc
         if header.kiosk_id not in keys:
             keys[header.kiosk_id] = self.store.kiosk_public_key(header.kiosk_id)
-        kiosk_public = keys[header.kiosk_id]
+        return header, keys[header.kiosk_id]
+
+    def _authenticate(
+        self,
+        job: tuple[bytes, tuple[PacketHeader, Ed25519PublicKey | None] | PacketError | None, Claim | None],
+    ) -> tuple[PacketHeader | IngestResult, str]:
+        """(the authenticated header, or what became of the input instead; its hex SHA-256)."""
+        data, looked_up, claim = job
+        digest = hashlib.sha256(data).hexdigest()
+        if claim is not None and digest != claim.sha256:
+            reason = "damaged: the bytes do not match the SHA-256 their transfer announced"
+            return IngestResult(
+                claim.packet_id, claim.kiosk, None, "damaged", reason, "sha256_mismatch", digest
+            ), digest
+        if looked_up is None:
+            reason = f"too_large: {len(data)} bytes, over the {MAX_PACKET_BYTES}-byte cap of a packet"
+            return IngestResult(None, None, None, "rejected", reason, "too_large", digest), digest
+        if isinstance(looked_up, PacketError):
+            fault = looked_up.reason.value
+            reason = f"damaged: {fault}: {looked_up}"
+            return IngestResult(
+                looked_up.packet_id, looked_up.kiosk_id, None, "damaged", reason, fault, digest
+            ), digest
+        header, kiosk_public = looked_up
+        if claim is not None and (header.kiosk_id, header.packet_id) != (claim.kiosk, claim.packet_id):
+            reason = (
+                f"not_announced: packet {header.packet_id} of kiosk {header.kiosk_id} arrived as packet "
+                f"{claim.packet_id} on kiosk {claim.kiosk}'s topic"
+            )
+            return _refused(header, "rejected", "not_announced", reason, digest), digest
         if kiosk_public is None:
-            return _refused(
-                header,
-                "rejected",
-                "unknown_kiosk",
+            reason = (
                 f"unknown_kiosk: kiosk {header.kiosk_id} is not registered: register it with "
                 f"`ektp-central kiosk add {header.kiosk_id} --public-key FILE`, "
-                "then `ektp-central quarantine retry --all`",
-                digest,
+                "then `ektp-central quarantine retry --all`"
             )
+            return _refused(header, "rejected", "unknown_kiosk", reason, digest), digest
         try:
             verify(data, kiosk_public)
         except PacketError as exc:
             fault = exc.reason.value
-            return _refused(header, "damaged", fault, f"damaged: {fault}: {exc}", digest)
+            return _refused(header, "damaged", fault, f"damaged: {fault}: {exc}", digest), digest
         if self.central_keys is not None:
             try:
                 open_body(data, header, self.central_keys.encryption)
             except PacketError as exc:
                 fault = exc.reason.value
-                return _refused(header, "rejected", fault, f"{fault}: {exc}", digest)
-        return header
+                return _refused(header, "rejected", fault, f"{fault}: {exc}", digest), digest
+        return header, digest
 
 
 def _refused(header: PacketHeader, status: Status, fault: str, reason: str, digest: str) -> IngestResult:

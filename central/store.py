@@ -331,14 +331,19 @@ class CentralStore(ABC):
         return [outcome is StoreOutcome.STORED for outcome in self.commit_packets(items)]
 
     def commit_packets(
-        self, items: Sequence[tuple[PacketHeader, bytes, str]], *, quarantine_conflicts: bool = True
+        self,
+        items: Sequence[tuple[PacketHeader, bytes, str]],
+        *,
+        quarantine_conflicts: bool = True,
+        digests: Sequence[str] | None = None,
     ) -> list[StoreOutcome]:
         """As ``store_packets``, telling a duplicate (same bytes) from a conflict (other bytes).
 
         A packet is identified by its kiosk and packet id: another kiosk's packet with the
         same packet id is another packet. A conflict keeps the first copy and puts the new
         bytes in quarantine (unless ``quarantine_conflicts`` is false: a retry of bytes
-        that are in quarantine already).
+        that are in quarantine already). ``digests``: the hex SHA-256 of each item's bytes,
+        when the caller computed them already (else they are computed here).
         """
         for _, data, source in items:
             check_source(source)
@@ -354,15 +359,23 @@ class CentralStore(ABC):
         with self._tx() as sql:
             for index in order:
                 header, data, source = items[index]
+                raw = bytes(data)
+                digest = digests[index] if digests is not None else hashlib.sha256(raw).hexdigest()
                 outcomes[index] = self._insert_packet(
-                    sql, header, bytes(data), source, now, quarantine_conflicts
+                    sql, header, raw, digest, source, now, quarantine_conflicts
                 )
         return [o for o in outcomes if o is not None]
 
     def _insert_packet(
-        self, sql: Sql, header: PacketHeader, raw: bytes, source: str, now: str, quarantine_conflicts: bool
+        self,
+        sql: Sql,
+        header: PacketHeader,
+        raw: bytes,
+        digest: str,
+        source: str,
+        now: str,
+        quarantine_conflicts: bool,
     ) -> StoreOutcome:
-        digest = hashlib.sha256(raw).hexdigest()
         inserted = sql(
             "INSERT INTO packets (kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kiosk, packet_id) DO NOTHING",
