@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-import agent.transfer
+import agent.link.transfer
 from tests.factories import small_record as tiny_record
 from tests.linkkit import Centre, Keys, Kiosk, all_delivered, assert_exactly_once, wait_for
 from tests.netkit import Broker
@@ -129,7 +129,7 @@ def test_puback_not_authorized_keeps_packets_then_delivers_once_allowed(
     """Mosquitto 2.0.11 answers a v5 publish that its ACL denies with PUBACK 0x87 (verified):
     the packets stay pending (never marked sent, never lost) and are tried again; once the
     ACL allows the topic, each is delivered exactly once."""
-    monkeypatch.setattr(agent.transfer, "REFUSED_RETRY_S", 0.2)
+    monkeypatch.setattr(agent.link.transfer, "REFUSED_RETRY_S", 0.2)
     acl = tmp_path / "ektp.acl"
     acl.write_text(ACL_DENY_ENROLLMENT)
     broker = started(stack, tmp_path, f"acl_file {acl}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import agent.link
+import agent.link.drain
 import central.consumer
 from agent.outbox import StoreCorrupt
 from central.config import CentralConfig
@@ -72,8 +72,8 @@ def test_outbox_failures_are_logged_and_the_drain_goes_on(
 ) -> None:
     """Every outbox call the drain makes fails at first (a damaged page, a disk error): the link
     logs it, shows it in health, tries again, and delivers everything exactly once."""
-    monkeypatch.setattr(agent.link, "OUTBOX_RETRY_S", 0.2)
-    monkeypatch.setattr(agent.link, "TICK_S", 0.1)
+    monkeypatch.setattr(agent.link.drain, "OUTBOX_RETRY_S", 0.2)
+    monkeypatch.setattr(agent.link.drain, "TICK_S", 0.1)
     bystander = Watcher(broker.port, "ektp/v1/+/enrollment")  # PUBACKs with success, stores nothing
     stack.callback(bystander.close)
     kiosk = Kiosk(tmp_path / "k", broker.port, keys, window=4, ack_timeout_s=0.5)

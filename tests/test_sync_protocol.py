@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-import agent.transfer
+import agent.link.transfer
 from tests.centralkit import BACKENDS, store_url
 from tests.linkkit import Centre, Keys, Kiosk, all_delivered, assert_exactly_once, small_record, wait_for
 from tests.netkit import Broker, TcpProxy
@@ -104,7 +104,7 @@ def test_a_peer_storing_under_another_kiosks_pending_id_frees_nothing_of_it(
 def test_a_bit_flipped_in_transit_is_sent_again_and_stored_intact(
     tmp_path: Path, broker: Broker, keys: Keys, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent.transfer, "DAMAGED_RETRY_S", 0.2)
+    monkeypatch.setattr(agent.link.transfer, "DAMAGED_RETRY_S", 0.2)
     proxy = TcpProxy(broker.port)
     proxy.flip_at = 100_000  # inside the first packet: one 1 MiB chunk carries it whole
     centre = Centre(tmp_path / "c", broker.port, keys, store_url=url)

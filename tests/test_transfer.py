@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.transfer import (
+from agent.link.transfer import (
     MAX_DAMAGED,
     MIN_INFLIGHT_CHUNKS,
     NO_SUBSCRIBER_RETRY_S,

@@ -1,26 +1,5 @@
-"""The MQTT link: status with a Last Will, retained health, and the drain of the outbox.
-
-One ``Link`` owns the MQTT connection. Each connection attempt gets a fresh paho client
-(with paho's own reconnect off, and the Will carrying this connection's counter), so
-paho's in-memory queue never carries anything across a reconnect: the outbox is the
-only durable queue. paho callbacks run on its network thread; they only put events on
-the core's queue (``loop.call_soon_threadsafe``) and never block or raise.
-
-A packet crosses the link in chunks (wire.chunk, protocol 2) that the centre keeps
-durably; the window of chunks, their size and the centre's answers are the business of
-agent.transfer. In the outbox:
-
-    pending --first chunk PUBACKed--> sent --ack stored/duplicate, same SHA-256--> delivered
-    pending|sent --ack rejected/conflict, same SHA-256--> rejected (kept; ``ektp-agent resubmit``)
-    ack damaged: the packet goes again from its start (attempts + 1), with backoff
-    PUBACK failure code: that chunk goes again after a pause (0x10, nobody consuming: soon)
-    no answer within ack_timeout_s, or a reconnect: the centre is asked what it holds (probe)
-
-Every QoS 1 publish (chunks, status, health) awaiting its PUBACK counts against the
-broker's Receive Maximum, and a chunk is never larger than the broker's Maximum Packet
-Size. An outbox call that fails is logged, shown in health (``link.last_error``) and
-tried again after OUTBOX_RETRY_S; nothing in the link ends ``run()`` but ``stop()``.
-"""
+"""The drain: one ``Link`` owns the MQTT connection, feeds the transfer window from the
+outbox, applies the centre's answers and publishes health (the package docstring says how)."""
 
 from __future__ import annotations
 
@@ -29,123 +8,51 @@ import contextlib
 import functools
 import json
 import logging
-import random
-import socket
 import ssl
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentConfig
+from agent.link.session import (
+    CONNECT_TIMEOUT_S,
+    MAX_INCOMING_PACKET,
+    Connected,
+    Disconnected,
+    Event,
+    Message,
+    Published,
+    backoff,
+    new_client,
+    next_connection_number,
+    status_payload,
+)
+from agent.link.stats import LinkStats
+from agent.link.transfer import Outcome, Sent, TransferWindow
 from agent.outbox import Outbox
-from agent.transfer import Outcome, Sent, TransferWindow
-from wire.ack import MAX_BODY as ACK_MAX_BODY
 from wire.ack import AckError, AckResult, verify_ack
 from wire.chunk import HEAD_LEN, Chunk, packet_sha256
 from wire.keys import CentralPublicKeys
 
 log = logging.getLogger("ektp.link")
 
-CONNECT_TIMEOUT_S = 10.0
 STOP_PUBLISH_WAIT_S = 2.0
 TICK_S = 0.5  # how often the drain looks at ack deadlines and retry times
 OUTBOX_RETRY_S = 5.0  # an outbox call failed: the drain tries again after this
 STABLE_SESSION_S = 10.0  # a connection that lasted this long (or moved bytes) resets the reconnect backoff
 MQTT_OVERHEAD = 512  # fixed header, topic and user properties, generously
 NO_MATCHING_SUBSCRIBERS = 0x10  # PUBACK reason: accepted, but nobody subscribes (no centre running)
-MAX_INCOMING_PACKET = ACK_MAX_BODY + 64 * 1024  # told to the broker: it drops anything larger for us
 T = TypeVar("T")
-
-
-@dataclass
-class LinkStats:
-    connected: bool = False
-    reconnects: int = 0
-    connection: int = 0
-    last_error: str = ""
-    connected_since: float | None = None
-    receive_maximum: int | None = None
-    maximum_packet_size: int | None = None
-    in_flight: int = 0  # packets in the transfer window
-    in_flight_peak: int = 0  # the most packets ever in the window at once
-    in_flight_bytes: int = 0  # published and not yet confirmed by the centre
-    rate_bytes_per_s: int = 0  # the rate at which the centre confirms bytes, as measured
-    chunk_bytes: int = 0  # the chunk size now in use
-    damaged: int = 0  # packets the centre received damaged (sent again)
-    probes: int = 0  # "what do you hold?" questions to the centre (resumes)
-    awaiting_puback: int = 0  # QoS 1 publishes of any kind the broker has not PUBACKed yet
-    awaiting_puback_peak: int = 0
-    published: int = 0
-    republished: int = 0
-    refused_pubacks: int = 0
-    outbox_errors: int = 0
-    ignored_acks: Counter[str] = field(default_factory=Counter)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "reconnects": self.reconnects,
-            "connection": self.connection,
-            "in_flight": self.in_flight,
-            "in_flight_bytes": self.in_flight_bytes,
-            "rate_bytes_per_s": self.rate_bytes_per_s,
-            "chunk_bytes": self.chunk_bytes,
-            "damaged": self.damaged,
-            "probes": self.probes,
-            "published": self.published,
-            "republished": self.republished,
-            "refused_pubacks": self.refused_pubacks,
-            "ignored_acks": sum(self.ignored_acks.values()),
-            "broker_receive_maximum": self.receive_maximum,
-            "broker_maximum_packet_size": self.maximum_packet_size,
-            "last_error": self.last_error,
-        }
 
 
 class _OutboxFailed(Exception):
     """An outbox call of the drain failed; already logged and shown in health."""
-
-
-# ----------------------------------------------------------------------------- events from paho's thread
-
-
-@dataclass(frozen=True, slots=True)
-class _Connected:
-    client: mqtt.Client
-    reason: ReasonCode
-    properties: Properties | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Disconnected:
-    client: mqtt.Client
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Published:
-    client: mqtt.Client
-    mid: int
-    reason: ReasonCode
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    payload: bytes
-
-
-_Event = _Connected | _Disconnected | _Published | _Message
 
 
 class Link:
@@ -172,7 +79,7 @@ class Link:
         self.topic_enrollment, self.topic_ack = f"{prefix}/enrollment", f"{prefix}/ack"
         self._db_executor = db
         self._connection_file = connection_file or config.kiosk.data_dir / "mqtt-connection"
-        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._health_now = asyncio.Event()
@@ -242,88 +149,11 @@ class Link:
                 break
             attempt += 1
             self._connect_now.clear()
-            await self._sleep_or_stop(self._backoff(attempt), self._connect_now)
+            await self._sleep_or_stop(backoff(self.config.mqtt, attempt), self._connect_now)
 
     # ------------------------------------------------------------------------- connection
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so that a fleet does not reconnect in lockstep."""
-        cap = min(self.config.mqtt.reconnect_max_s, self.config.mqtt.reconnect_min_s * 2 ** min(attempt, 20))
-        return random.uniform(self.config.mqtt.reconnect_min_s / 2, cap)
-
-    def _next_connection_number(self) -> int:
-        try:
-            n = int(self._connection_file.read_text().strip() or 0) + 1
-        except (OSError, ValueError):
-            n = 1
-        try:
-            self._connection_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._connection_file.with_suffix(".tmp")
-            tmp.write_text(str(n))
-            tmp.replace(self._connection_file)
-        except OSError as exc:  # a read-only or full disk must not stop the link
-            log.warning("cannot record the connection counter in %s: %s", self._connection_file, exc)
-        return n
-
-    def _status_payload(self, state: str, connection: int) -> bytes:
-        return json.dumps(
-            {"state": state, "kiosk_id": self.kiosk, "connection": connection, "ts": _now_rfc3339()}
-        ).encode()
-
-    def _new_client(self, connection: int) -> mqtt.Client:
-        """A client for one connection: its Will carries this connection's counter.
-
-        :raises OSError: the password file cannot be read
-        :raises ssl.SSLError: the TLS files are unusable
-        """
-        m = self.config.mqtt
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"ektp-agent-{self.kiosk}",
-            protocol=mqtt.MQTTv5,
-            # paho must not bring this client back by itself: it would come back with this
-            # connection's Will and re-send its memory queue behind the drain's back
-            reconnect_on_failure=False,
-        )
-        client.suppress_exceptions = True
-        client.max_inflight_messages_set(65535)  # the link keeps within the broker's Receive Maximum itself
-        client.max_queued_messages_set(0)
-        client.will_set(self.topic_status, self._status_payload("offline", connection), qos=1, retain=True)
-        if m.tls:
-            client.tls_set(
-                ca_certs=str(m.ca_file) if m.ca_file else None,
-                certfile=str(m.cert_file) if m.cert_file else None,
-                keyfile=str(m.key_file) if m.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        if m.username:
-            password = m.password_file.read_text().strip() if m.password_file else None
-            client.username_pw_set(m.username, password)
-        post = self._post
-
-        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
-            post(_Connected(c, rc, props))
-
-        def on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
-            # Small messages (acks, PUBACKs, status) must not wait for Nagle + delayed ACK (~40 ms).
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def on_disconnect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            post(_Disconnected(c, str(rc)))
-
-        def on_publish(c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-            post(_Published(c, mid, rc))
-
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            post(_Message(msg.topic, bytes(msg.payload)))
-
-        client.on_connect, client.on_disconnect = on_connect, on_disconnect
-        client.on_socket_open = on_socket_open
-        client.on_publish, client.on_message = on_publish, on_message
-        return client
-
-    def _post(self, event: _Event) -> None:
+    def _post(self, event: Event) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
@@ -332,9 +162,9 @@ class Link:
     async def _connect(self) -> mqtt.Client | None:
         """A connected client, or None (the reason noted) after a failure or on stop."""
         m = self.config.mqtt
-        connection = self._next_connection_number()
+        connection = next_connection_number(self._connection_file)
         try:
-            client = self._new_client(connection)
+            client = new_client(self.config, self.topic_status, connection, self._post)
         except (OSError, ValueError, ssl.SSLError) as exc:
             self._note_error(f"cannot set up the MQTT client (TLS files, password file): {exc}")
             return None
@@ -359,19 +189,19 @@ class Link:
                 self._note_error(f"no CONNACK from {m.host}:{m.port} within {CONNECT_TIMEOUT_S:.0f} s")
                 await self._teardown(client)
                 return None
-            if isinstance(event, _Connected) and event.client is client:
+            if isinstance(event, Connected) and event.client is client:
                 if event.reason.is_failure:
                     self._note_error(f"broker {m.host}:{m.port} refused the connection: {event.reason}")
                     await self._teardown(client)
                     return None
                 self._on_connected(event, connection)
                 return client
-            if isinstance(event, _Disconnected) and event.client is client:
+            if isinstance(event, Disconnected) and event.client is client:
                 self._note_error(f"connection to {m.host}:{m.port} closed before CONNACK: {event.reason}")
                 await self._teardown(client)
                 return None
 
-    def _on_connected(self, event: _Connected, connection: int) -> None:
+    def _on_connected(self, event: Connected, connection: int) -> None:
         props = event.properties
         receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
@@ -422,7 +252,7 @@ class Link:
             for w in waits:
                 w.cancel()
 
-    async def _next_event(self, timeout: float, wake: asyncio.Event) -> _Event | None:
+    async def _next_event(self, timeout: float, wake: asyncio.Event) -> Event | None:
         """The next event from paho, or None when ``wake`` is set or ``timeout`` passed."""
         get = asyncio.ensure_future(self._events.get())
         woken = asyncio.ensure_future(wake.wait())
@@ -465,7 +295,7 @@ class Link:
                         self._drain_failed("filling the window", exc)
                         paused_until = time.monotonic() + OUTBOX_RETRY_S
                 event = await self._next_event(TICK_S, self._wake)
-                if isinstance(event, _Disconnected) and event.client is client:
+                if isinstance(event, Disconnected) and event.client is client:
                     self._note_error(f"link lost: {event.reason}")
                     return
                 if event is not None:
@@ -572,13 +402,13 @@ class Link:
 
     def _publish_status(self, client: mqtt.Client, state: str) -> mqtt.MQTTMessageInfo:
         info = client.publish(
-            self.topic_status, self._status_payload(state, self.stats.connection), qos=1, retain=True
+            self.topic_status, status_payload(self.kiosk, state, self.stats.connection), qos=1, retain=True
         )
         self._track(info, "status")
         return info
 
-    async def _handle(self, client: mqtt.Client, event: _Event) -> None:
-        if isinstance(event, _Published) and event.client is client:
+    async def _handle(self, client: mqtt.Client, event: Event) -> None:
+        if isinstance(event, Published) and event.client is client:
             what = self._awaiting.pop(event.mid, None)
             self.stats.awaiting_puback = len(self._awaiting)
             self._slot_freed.set()
@@ -612,7 +442,7 @@ class Link:
             if sent.packet_id not in self._marked_sent:  # a probe too: the packet is on its way again
                 self._marked_sent.add(sent.packet_id)
                 self._sent_unwritten.append(sent.packet_id)
-        elif isinstance(event, _Message) and event.topic == self.topic_ack:
+        elif isinstance(event, Message) and event.topic == self.topic_ack:
             await self._on_ack(event.payload)
 
     async def _on_ack(self, payload: bytes) -> None:
@@ -801,7 +631,3 @@ class Link:
             self.stats.last_error = remaining[-1] if remaining else ""
             self.health_changed()
         return result
-
-
-def _now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,52 @@
+"""The link's counters, as health shows them (``link`` in the health document)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LinkStats:
+    connected: bool = False
+    reconnects: int = 0
+    connection: int = 0
+    last_error: str = ""
+    connected_since: float | None = None
+    receive_maximum: int | None = None
+    maximum_packet_size: int | None = None
+    in_flight: int = 0  # packets in the transfer window
+    in_flight_peak: int = 0  # the most packets ever in the window at once
+    in_flight_bytes: int = 0  # published and not yet confirmed by the centre
+    rate_bytes_per_s: int = 0  # the rate at which the centre confirms bytes, as measured
+    chunk_bytes: int = 0  # the chunk size now in use
+    damaged: int = 0  # packets the centre received damaged (sent again)
+    probes: int = 0  # "what do you hold?" questions to the centre (resumes)
+    awaiting_puback: int = 0  # QoS 1 publishes of any kind the broker has not PUBACKed yet
+    awaiting_puback_peak: int = 0
+    published: int = 0
+    republished: int = 0
+    refused_pubacks: int = 0
+    outbox_errors: int = 0
+    ignored_acks: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "connection": self.connection,
+            "in_flight": self.in_flight,
+            "in_flight_bytes": self.in_flight_bytes,
+            "rate_bytes_per_s": self.rate_bytes_per_s,
+            "chunk_bytes": self.chunk_bytes,
+            "damaged": self.damaged,
+            "probes": self.probes,
+            "published": self.published,
+            "republished": self.republished,
+            "refused_pubacks": self.refused_pubacks,
+            "ignored_acks": sum(self.ignored_acks.values()),
+            "broker_receive_maximum": self.receive_maximum,
+            "broker_maximum_packet_size": self.maximum_packet_size,
+            "last_error": self.last_error,
+        }
