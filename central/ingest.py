@@ -36,10 +36,17 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from central.decrypt import open_body
 from central.store import SOURCES, CentralStore, StoreOutcome, check_source, conflict_reason
 from wire.keys import CentralPrivateKeys
-from wire.packet import MAX_BODY_BYTES, PacketError, PacketHeader, open_packet, read_header, verify
+from wire.packet import (
+    MAX_BODY_BYTES,
+    PacketError,
+    PacketHeader,
+    open_body,
+    open_packet,
+    read_header,
+    verify,
+)
 from wire.record import EnrollmentRecord
 
 log = logging.getLogger(__name__)

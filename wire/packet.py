@@ -309,6 +309,25 @@ def open_packet(
     """
     data = bytes(data)
     header = verify(data, kiosk_public)
+    body = open_body(data, header, central_private)
+    where = f"packet {header.packet_id} from kiosk {header.kiosk_id}"
+    ids = {"packet_id": header.packet_id, "kiosk_id": header.kiosk_id}
+    try:
+        record = EnrollmentRecord.from_bytes(body)
+    except InvalidRecord as exc:
+        raise PacketError(
+            PacketFault.MALFORMED, f"{where}: malformed record in the body: {exc}", **ids
+        ) from exc
+    return header, record
+
+
+def open_body(data: bytes, header: PacketHeader, central_private: X25519PrivateKey) -> bytes:
+    """The decrypted body of ``data`` (whose header ``header`` was read and whose signature was
+    verified), checked against the header's length and SHA-256; the record is not decoded.
+
+    :raises PacketError: WRONG_KEY (encrypted to another centre key), BODY_MISMATCH (not the
+        header's length or SHA-256), MALFORMED (a low-order ephemeral key)
+    """
     where = f"packet {header.packet_id} from kiosk {header.kiosk_id}"
     ids = {"packet_id": header.packet_id, "kiosk_id": header.kiosk_id}
     start = header.header_len
@@ -339,13 +358,7 @@ def open_packet(
             "the kiosk sealed an inconsistent packet",
             **ids,
         )
-    try:
-        record = EnrollmentRecord.from_bytes(body)
-    except InvalidRecord as exc:
-        raise PacketError(
-            PacketFault.MALFORMED, f"{where}: malformed record in the body: {exc}", **ids
-        ) from exc
-    return header, record
+    return body
 
 
 def packet_overhead(data: bytes | SealedPacket, record: EnrollmentRecord) -> int:
