@@ -278,7 +278,5 @@ class TransferWindow:
             if t.probe_out or t.in_flight > 0 or t.probing:
                 t.probing, t.probe_out = True, False
                 t.next_offset = t.confirmed
-            t.hold_until = 0.0 if t.damaged == 0 else t.hold_until
-
-    def forget(self, packet_id: str) -> None:
-        self.transfers.pop(packet_id, None)
+            if not t.damaged:  # a refused chunk may go at once; a damaged packet keeps its backoff
+                t.hold_until = 0.0
