@@ -6,7 +6,8 @@ parameters, is docs/protocol.md ("The enrollment packet"))::
     off   size  field
     0     4     magic "EKTP"
     4     1     format version (1)
-    5     1     flags: bit 0 = clock synchronised, bits 1..7 zero
+    5     1     flags: bit 0 = clock synchronised, bit 1 = synthetic (a test
+                resident of a simulated kit, never a real one), bits 2..7 zero
     6     16    packet id, UUIDv7 (RFC 9562)
     22    8     seq, per kiosk (u64, < 2**63)
     30    8     created at, unix ms UTC (i64, 0 .. 9999-12-31)
@@ -55,6 +56,8 @@ from wire.record import EnrollmentRecord, InvalidRecord
 MAGIC = b"EKTP"
 FORMAT_VERSION = 1
 FLAG_CLOCK_SYNCED = 0x01
+FLAG_SYNTHETIC = 0x02  # signed with the header: a simulated kit's test resident
+KNOWN_FLAGS = FLAG_CLOCK_SYNCED | FLAG_SYNTHETIC
 MAX_KIOSK_ID = 64
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_SEQ = 2**63 - 1
@@ -103,6 +106,7 @@ class PacketHeader:
     created_at: str  # RFC 3339 UTC with milliseconds
     created_at_ms: int
     clock_synced: bool
+    synthetic: bool
     plaintext_len: int
     ciphertext_len: int
     body_sha256: bytes
@@ -139,10 +143,14 @@ def seal(
     kiosk_key: Ed25519PrivateKey,
     central_public: X25519PublicKey,
     clock_synced: bool,
+    synthetic: bool = False,
     packet_id: UUID | None = None,
     created_at: dt.datetime | None = None,
 ) -> SealedPacket:
     """Encrypt the record to the centre and sign the packet with the kiosk's key.
+
+    ``synthetic`` marks a test resident of a simulated kit; the mark is signed with the header,
+    so the centre can keep such packets apart from real residents.
 
     :raises ValueError: a bad kiosk id, seq, packet id or time (a caller's mistake).
     """
@@ -169,7 +177,7 @@ def seal(
     header = _FIXED.pack(
         MAGIC,
         FORMAT_VERSION,
-        FLAG_CLOCK_SYNCED if clock_synced else 0,
+        (FLAG_CLOCK_SYNCED if clock_synced else 0) | (FLAG_SYNTHETIC if synthetic else 0),
         pid.bytes,
         seq,
         created_ms,
@@ -231,7 +239,7 @@ def read_header(data: bytes) -> PacketHeader:
 
     if pid.version != 7 or pid.variant != "specified in RFC 4122":
         raise malformed("packet id is not a UUIDv7")
-    if flags & ~FLAG_CLOCK_SYNCED:
+    if flags & ~KNOWN_FLAGS:
         raise malformed(f"reserved flag bits set (flags 0x{flags:02x})")
     if seq > MAX_SEQ:
         raise malformed(f"seq {seq} above {MAX_SEQ}")
@@ -262,6 +270,7 @@ def read_header(data: bytes) -> PacketHeader:
         created_at=_rfc3339(created_ms),
         created_at_ms=created_ms,
         clock_synced=bool(flags & FLAG_CLOCK_SYNCED),
+        synthetic=bool(flags & FLAG_SYNTHETIC),
         plaintext_len=plain_len,
         ciphertext_len=cipher_len,
         body_sha256=sha,
