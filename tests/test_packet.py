@@ -346,7 +346,7 @@ def test_low_order_ephemeral_key_is_malformed() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [
-        ({"flags": 0x03}, "reserved flag bits"),
+        ({"flags": 0x05}, "reserved flag bits"),
         ({"pid": uuid4().bytes}, "not a UUIDv7"),
         ({"kiosk": b""}, "kiosk id length 0"),
         ({"kiosk": b"k" * 65}, "kiosk id length 65"),
@@ -457,3 +457,14 @@ def test_overhead_at_most_2_percent_for_a_300kb_record(resident_records: list[En
 def test_overhead_with_full_8bit_fingerprints() -> None:
     record = record_from_resident(synthetic_resident(2), finger_bits=8)
     assert packet_overhead(_seal(record), record) <= 0.02 * record.biometric_bytes()
+
+
+def test_synthetic_mark_is_signed_and_read_back() -> None:
+    """The synthetic mark is a signed header bit: readable without keys, and not removable."""
+    assert read_header(_seal().data).synthetic is False
+    marked = _seal(synthetic=True).data
+    assert read_header(marked).synthetic is True
+    assert _open(marked)[0].synthetic is True
+    stripped = bytearray(marked)
+    stripped[5] &= ~0x02  # clearing the mark to pass a test resident off as a real one
+    assert _fault(verify, bytes(stripped), KIOSK_KEY.public_key()).reason is PacketFault.BAD_SIGNATURE
