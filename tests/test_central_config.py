@@ -1,14 +1,18 @@
 """The centre's config: a stable MQTT client id (so a restart resumes the broker's session),
-[mqtt] instance, and [store] partial_expiry_s, each checked with a message naming the key."""
+[mqtt] instance, and every key checked for a value that cannot work, with a message naming the
+key and the file; `ektp-central run` stops at start (exit 2) on each."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from central.cli import main
 from central.config import (
     DEFAULT_PARTIAL_EXPIRY_S,
     CentralConfig,
@@ -18,6 +22,8 @@ from central.config import (
     load_central_config,
 )
 from wire.names import KIOSK_ID_RE
+
+CENTRAL = Path(sys.executable).parent / "ektp-central"
 
 
 def load(tmp_path: Path, text: str) -> CentralConfig:
@@ -82,26 +88,164 @@ def test_a_long_hostname_is_cut_to_64_characters_and_stays_distinct() -> None:
     assert long_instance.endswith("-" + "i" * 64), "the instance is never cut"
 
 
+# One case per value that cannot work: each must name its key (and the file), in the loader and
+# at `ektp-central run`, which must stop at once with exit 2 instead of running on it.
+BAD_VALUES = [
+    ('[mqtt]\ninstance = "two words"\n', "mqtt.instance"),
+    ('[mqtt]\ninstance = ""\n', "mqtt.instance"),
+    (f'[mqtt]\ninstance = "{"x" * 65}"\n', "mqtt.instance"),
+    ("[mqtt]\ninstance = 3\n", "mqtt.instance"),
+    ('[mqtt]\nclient_id = "  "\n', "mqtt.client_id"),
+    ('[mqtt]\nclient_id = "centre\\u0000a"\n', "mqtt.client_id"),  # MQTT forbids U+0000
+    ('[mqtt]\nhost = ""\n', "mqtt.host"),
+    ('[mqtt]\nhost = "broker.example:1883"\n', "mqtt.host"),  # the port is [mqtt] port
+    ('[mqtt]\nhost = "mqtt://broker.example"\n', "mqtt.host"),
+    ('[mqtt]\nhost = "two words"\n', "mqtt.host"),
+    ("[mqtt]\nport = 0\n", "mqtt.port"),
+    ("[mqtt]\nport = 65536\n", "mqtt.port"),
+    ("[mqtt]\nport = inf\n", "mqtt.port"),
+    ("[mqtt]\nport = nan\n", "mqtt.port"),
+    ('[mqtt]\nport = "1883"\n', "mqtt.port"),
+    ('[mqtt]\ntopic_prefix = "ektp/+"\n', "mqtt.topic_prefix"),
+    ('[mqtt]\ntopic_prefix = "/ektp/v1"\n', "mqtt.topic_prefix"),
+    ('[mqtt]\ntopic_prefix = ""\n', "mqtt.topic_prefix"),
+    ('[mqtt]\nshare_group = "a/b#"\n', "mqtt.share_group"),  # would subscribe to nothing, silently
+    ('[mqtt]\nshare_group = "a+b"\n', "mqtt.share_group"),
+    ('[mqtt]\nshare_group = ""\n', "mqtt.share_group"),
+    ('[mqtt]\nshare_group = "g\\u0007"\n', "mqtt.share_group"),
+    ('[mqtt]\ntls = "yes"\n', "mqtt.tls"),
+    ('[mqtt]\nusername = ""\n', "mqtt.username"),
+    ("[mqtt]\nsession_expiry_s = -5\n", "mqtt.session_expiry_s"),  # paho's network thread would die
+    ("[mqtt]\nsession_expiry_s = 4294967296\n", "mqtt.session_expiry_s"),
+    ("[mqtt]\nsession_expiry_s = inf\n", "mqtt.session_expiry_s"),
+    ("[mqtt]\nsession_expiry_s = 1.5\n", "mqtt.session_expiry_s"),
+    ("[mqtt]\nreconnect_min_s = 0\n", "mqtt.reconnect_min_s"),  # reconnect in a tight loop
+    ("[mqtt]\nreconnect_min_s = -1\n", "mqtt.reconnect_min_s"),
+    ("[mqtt]\nreconnect_min_s = nan\n", "mqtt.reconnect_min_s"),
+    ("[mqtt]\nreconnect_max_s = 0\n", "mqtt.reconnect_max_s"),
+    ("[mqtt]\nreconnect_max_s = 86401\n", "mqtt.reconnect_max_s"),
+    ("[mqtt]\nreconnect_min_s = 10\nreconnect_max_s = 5\n", "mqtt.reconnect_max_s"),
+    ('[mqtt]\nca_file = "ca.crt"\n', "mqtt.ca_file"),  # without tls = true the link is plain TCP
+    ('[mqtt]\ntls = true\nkey_file = "c.key"\n', "mqtt.key_file"),  # ignored without cert_file
+    ('[mqtt]\npassword_file = "pw"\n', "mqtt.password_file"),  # ignored without username
+    ('[mqtt]\ntls = true\nca_file = ""\n', "mqtt.ca_file"),
+    ('[mqtt]\ntls = true\nca_file = "ca\\u0000.crt"\n', "mqtt.ca_file"),
+    ('[mqtt]\nhots = "typo"\n', "mqtt.hots"),
+    ('[store]\nurl = ""\n', "store.url"),
+    ('[store]\nurl = "mysql://db/ektp"\n', "store.url"),
+    ('[store]\nurl = "central\\u0000.db"\n', "store.url"),
+    ("[store]\nurl = 5\n", "store.url"),
+    ("[store]\nquarantine_dir = 5\n", "store.quarantine_dir"),
+    ("[store]\npartial_expiry_s = 0\n", "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = -5\n", "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = nan\n", "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = inf\n", "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = -inf\n", "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = 1e300\n", "store.partial_expiry_s"),  # the date arithmetic overflows
+    ('[store]\npartial_expiry_s = "7d"\n', "store.partial_expiry_s"),
+    ("[store]\npartial_expiry_s = true\n", "store.partial_expiry_s"),
+    ('[keys]\ncentral_private_key = ""\n', "keys.central_private_key"),
+    ('[keys]\ncentral_private_key = "k\\u0000"\n', "keys.central_private_key"),
+    ('[web]\nlisten = "0.0.0.0:80"\n', "web"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), BAD_VALUES)
+def test_a_bad_value_names_the_key_and_run_stops_with_exit_2(tmp_path: Path, text: str, key: str) -> None:
+    """The loader names the key and the file; `run` (in-process through click's runner: milliseconds
+    a case) exits 2 with that message. Its key file is absent, so a value that slipped through ends
+    the run with another message instead of consuming forever."""
+    config = tmp_path / "central.toml"
+    config.write_text(text if "[keys]" in text else f'{text}[keys]\ncentral_private_key = "absent.key"\n')
+    with pytest.raises(ConfigError) as info:
+        load_central_config(config)
+    assert info.value.key == key and key in str(info.value) and str(config) in str(info.value)
+
+    done = CliRunner().invoke(main, ["--config", str(config), "run"])
+    assert done.exit_code == 2, done.output
+    assert key in done.stderr and str(config) in done.stderr and done.stdout == ""
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+
+
+def write_bytes_config(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "central.toml"
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('[mqtt]\ninstance = "two words"\n', "mqtt.instance"),
-        ('[mqtt]\ninstance = ""\n', "mqtt.instance"),
-        (f'[mqtt]\ninstance = "{"x" * 65}"\n', "mqtt.instance"),
-        ("[mqtt]\ninstance = 3\n", "mqtt.instance"),
-        ('[mqtt]\nclient_id = "  "\n', "mqtt.client_id"),
-        ("[store]\npartial_expiry_s = 0\n", "store.partial_expiry_s"),
-        ("[store]\npartial_expiry_s = -5\n", "store.partial_expiry_s"),
-        ("[store]\npartial_expiry_s = nan\n", "store.partial_expiry_s"),
+        ('[mqtt]\nhost = ""\n', "mqtt.host"),
+        ("[mqtt]\nsession_expiry_s = -5\n", "mqtt.session_expiry_s"),
+        ('[mqtt]\nshare_group = "a/b#"\n', "mqtt.share_group"),
         ("[store]\npartial_expiry_s = inf\n", "store.partial_expiry_s"),
-        ('[store]\npartial_expiry_s = "7d"\n', "store.partial_expiry_s"),
-        ("[store]\npartial_expiry_s = true\n", "store.partial_expiry_s"),
     ],
 )
-def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, text)
-    assert info.value.key == key and key in str(info.value)
+def test_the_console_script_run_exits_2_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text(text)
+    done = subprocess.run(
+        [str(CENTRAL), "--config", str(config), "run"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and key in done.stderr and str(config) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda d: write_bytes_config(d, b'[mqtt]\nhost = "caf\xe9"\n'),
+            "UTF-8 text (line 2, byte 18 is 0xe9)",
+        ),
+        (
+            lambda d: write_bytes_config(d, b"\xff\xfe[\x00m\x00"),
+            "UTF-8 text (line 1, byte 0 is 0xff)",
+        ),  # UTF-16
+        (lambda d: d, "a readable file (Is a directory)"),
+        (lambda d: write_bytes_config(d, b"[mqtt\n"), "valid TOML"),
+    ],
+    ids=["latin-1", "utf-16", "a-directory", "bad-toml"],
+)
+def test_a_config_file_that_cannot_be_read_is_a_config_error(
+    tmp_path: Path, make: Callable[[Path], Path], expected: str
+) -> None:
+    config = make(tmp_path)
+    done = subprocess.run(
+        [str(CENTRAL), "--config", str(config), "run"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and expected in done.stderr and str(config) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "check"),
+    [
+        ('[mqtt]\nhost = "::1"\n', lambda c: c.mqtt.host == "::1"),
+        ('[mqtt]\nhost = "fe80::1%eth0"\n', lambda c: c.mqtt.host == "fe80::1%eth0"),
+        ('[mqtt]\nhost = "10.0.0.7"\n', lambda c: c.mqtt.host == "10.0.0.7"),
+        ('[mqtt]\nshare_group = "centre group.2"\n', lambda c: c.mqtt.share_group == "centre group.2"),
+        ("[mqtt]\nsession_expiry_s = 0\n", lambda c: c.mqtt.session_expiry_s == 0),
+        ("[mqtt]\nsession_expiry_s = 4294967295\n", lambda c: c.mqtt.session_expiry_s == 4294967295),
+        ("[mqtt]\nreconnect_min_s = 5\nreconnect_max_s = 5\n", lambda c: c.mqtt.reconnect_max_s == 5),
+        (
+            '[mqtt]\ntls = true\ncert_file = "c.crt"\nkey_file = "c.key"\n',
+            lambda c: c.mqtt.key_file is not None and c.mqtt.key_file.name == "c.key",
+        ),
+        ('[mqtt]\nusername = "centre"\npassword_file = "pw"\n', lambda c: c.mqtt.username == "centre"),
+        ('[store]\nurl = "sqlite://data/c.db"\n', lambda c: c.store_url.endswith("/data/c.db")),
+        (
+            '[store]\nurl = "postgresql://ektp@db/ektp"\n',
+            lambda c: c.store_url == "postgresql://ektp@db/ektp",
+        ),
+    ],
+)
+def test_values_at_the_edges_are_taken(
+    tmp_path: Path, text: str, check: Callable[[CentralConfig], bool]
+) -> None:
+    config = load(tmp_path, text)
+    assert check(config), config
 
 
 @pytest.mark.parametrize(("value", "expected"), [("3600", 3600.0), ("90.5", 90.5)])
