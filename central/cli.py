@@ -19,6 +19,7 @@ from wire import __version__
 from wire.keys import KeyFileError
 
 if TYPE_CHECKING:
+    from central.fleet import FleetRow
     from central.store import CentralStore
     from wire.keys import CentralPrivateKeys
 
@@ -80,9 +81,6 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
 # ----------------------------------------------------------------------------- the store
 
-IMPORT_BATCH_FILES = 64  # files ingested per store transaction
-IMPORT_BATCH_BYTES = 64 * 1024 * 1024
-
 
 @contextmanager
 def central_store(ctx: Context) -> Iterator[CentralStore]:
@@ -143,8 +141,9 @@ def fleet_cmd(ctx: Context, as_json: bool) -> None:
     """One row per kiosk: online, last health, faulty devices, backlog, stored packets, seq gaps.
 
     JSON: a list of objects with kiosk, registered, online (true/false/null), status_ts,
-    last_health_ts, faulty, degraded, backlog, oldest_pending_age_s, stored, last_seq and
-    gaps (a list of [from, to] missing seq ranges). docs/central.md explains each.
+    last_health_ts, faulty, degraded, backlog, oldest_pending_age_s, stored, synthetic,
+    last_seq, gaps (a list of [from, to] missing seq ranges), duplicate_deliveries,
+    quarantined, quarantine_bytes and quarantine_dropped. docs/central.md explains each.
 
     \b
     Example:
@@ -158,6 +157,12 @@ def fleet_cmd(ctx: Context, as_json: bool) -> None:
 
     def online(value: bool | None) -> str:
         return "?" if value is None else ("online" if value else "OFFLINE")
+
+    def quarantine(r: FleetRow) -> str | None:
+        if not r["quarantined"] and not r["quarantine_dropped"]:
+            return None
+        dropped = f", {r['quarantine_dropped']} dropped" if r["quarantine_dropped"] else ""
+        return f"{r['quarantined']} ({r['quarantine_bytes']} B{dropped})"
 
     def gaps(ranges: list[list[int]]) -> str:
         shown = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:5])
@@ -173,8 +178,11 @@ def fleet_cmd(ctx: Context, as_json: bool) -> None:
             "backlog",
             "oldest_s",
             "stored",
+            "synthetic",
             "last_seq",
             "gaps",
+            "dup_deliveries",
+            "quarantine",
         ],
         [
             [
@@ -186,8 +194,11 @@ def fleet_cmd(ctx: Context, as_json: bool) -> None:
                 r["backlog"],
                 None if r["oldest_pending_age_s"] is None else f"{r['oldest_pending_age_s']:.0f}",
                 r["stored"],
+                r["synthetic"] or None,
                 r["last_seq"],
                 gaps(r["gaps"]) or None,
+                r["duplicate_deliveries"] or None,
+                quarantine(r),
             ]
             for r in rows
         ],
@@ -368,83 +379,53 @@ def partials_cmd(ctx: Context, kiosk: str | None, expire: bool, as_json: bool) -
 @main.command("import")
 @click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, dir_okay=True))
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object with the counts and each file's result."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object with the counts, each file's result and each skipped entry.",
 )
 @pass_ctx
 def import_cmd(ctx: Context, directory: str, as_json: bool) -> None:
     """Ingest the packet files in DIR (from `ektp-agent export`), with the same idempotency as MQTT.
 
-    Every regular file in DIR except dotfiles is read as one packet. Already stored
+    Every regular file directly in DIR except dotfiles is read as one packet. Already stored
     packets count as duplicates. Files that do not authenticate (cut, altered) are
     damaged; unknown kiosks, bodies for another centre key and conflicting copies are
     rejected or conflict; all of those are kept in quarantine (exit 1). Prints the
     stored / duplicate / rejected / damaged / conflict counts. Importing the same
     directory twice stores nothing new.
 
+    DIR may come from a hostile stick: no symlink is followed (neither an entry nor DIR's
+    path), and symlinks, subdirectories, FIFOs, devices, hard links, files over the
+    largest packet size and the centre's own files are skipped, each named with the
+    reason (exit 1); the other files are imported all the same.
+
+    JSON: {"directory", "stored", "duplicate", "rejected", "damaged", "conflict", "files":
+    [{"file", "status", "packet_id", "kiosk", "seq", "reason"}], "skipped": [{"file",
+    "kind", "reason"}]}.
+
     \b
     Example:
       ektp-central --config central.toml import /media/usb/ektp-export
     """
-    from pathlib import Path
+    from central.import_dir import ExportDir, ImportDirError, centre_files, import_files
+    from central.ingest import Ingestor
 
-    from central.ingest import MAX_PACKET_BYTES, STATUSES, Ingestor, IngestResult
-
-    files = sorted(p for p in Path(directory).iterdir() if not p.name.startswith(".") and p.is_file())
-    report: list[dict[str, Any]] = []
-    counts = dict.fromkeys(STATUSES, 0)
-
-    def note(path: Path, result: IngestResult) -> None:
-        counts[result.status] += 1
-        report.append(
-            {
-                "file": path.name,
-                "status": result.status,
-                "packet_id": result.packet_id,
-                "kiosk": result.kiosk,
-                "seq": result.seq,
-                "reason": result.reason,
-            }
-        )
-
-    logging.getLogger("central").addHandler(logging.NullHandler())  # the report below says it all
+    for name in ("central.ingest", "central.store"):  # the report below says it all
+        logging.getLogger(name).addHandler(logging.NullHandler())
     keys = _central_keys_if_readable(ctx)
-    with central_store(ctx) as store, _progress(len(files)) as advance:
-        ingestor = Ingestor(store, keys)
-        batch: list[tuple[Path, bytes]] = []
-
-        def flush() -> None:
-            results = ingestor.ingest_many([data for _, data in batch], "import")
-            for (path, _), result in zip(batch, results, strict=True):
-                note(path, result)
-            advance(len(batch))
-            batch.clear()
-
-        for path in files:
-            try:
-                with path.open("rb") as f:
-                    data = f.read(MAX_PACKET_BYTES + 1)  # one byte over the cap is enough to refuse it
-            except OSError as exc:
-                note(
-                    path,
-                    IngestResult(None, None, None, "rejected", f"unreadable: {exc.strerror}", "unreadable"),
-                )
-                advance(1)
-                continue
-            batch.append((path, data))
-            if len(batch) >= IMPORT_BATCH_FILES or sum(len(d) for _, d in batch) >= IMPORT_BATCH_BYTES:
-                flush()
-        if batch:
-            flush()
-
+    try:
+        export = ExportDir(directory, protected=centre_files(ctx.config))
+    except ImportDirError as exc:
+        fail(str(exc), EXIT_USAGE)
+    with export, central_store(ctx) as store, _progress(len(export.names)) as advance:
+        report = import_files(export, Ingestor(store, keys), advance)
     if as_json:
-        emit_json({"directory": str(directory), **counts, "files": report})
+        emit_json(report.to_json())
     else:
-        for item in report:
-            if item["status"] not in ("stored", "duplicate"):
-                reason = item["reason"].removeprefix(item["status"] + ": ")
-                click.echo(f"{item['status']} {item['file']}: {reason}")
-        click.echo(", ".join(f"{status} {n}" for status, n in counts.items()))
-    if any(counts[status] for status in STATUSES if status not in ("stored", "duplicate")):
+        for line in report.lines():
+            click.echo(line)
+    if report.problem:
         sys.exit(EXIT_PROBLEM)
 
 

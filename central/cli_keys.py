@@ -53,6 +53,32 @@ def keys_init(ctx: Context, force: bool) -> None:
     click.echo(str(public_path(path)))
 
 
+def _kiosk_id(kiosk_id: str) -> None:
+    from wire.names import KIOSK_ID_RE
+
+    if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
+        fail(
+            f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")',
+            EXIT_USAGE,
+        )
+
+
+def _public_pem(public_key: str) -> tuple[bytes, str]:
+    """(the PEM of a kiosk's public key file, its fingerprint); exit 2 on a bad file."""
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    from wire.keys import load_kiosk_public
+
+    try:
+        key = load_kiosk_public(Path(public_key))
+    except KeyFileError as exc:
+        fail(str(exc), EXIT_USAGE)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, key_fingerprint(raw_public(key))
+
+
 @main.group("kiosk")
 def kiosk_group() -> None:
     """Register kiosks (their packet signing keys)."""
@@ -67,7 +93,9 @@ def kiosk_group() -> None:
     metavar="FILE",
     help="The kiosk's public key file (the `.pub` that `ektp-agent keys init` printed).",
 )
-@click.option("--replace", is_flag=True, help="Replace the key already registered for ID.")
+@click.option(
+    "--replace", is_flag=True, help="Give ID this key from now on (as `kiosk key add`; old keys are kept)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
 def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_json: bool) -> None:
@@ -76,32 +104,18 @@ def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_js
     Packets from a kiosk that is not registered are kept in quarantine and acknowledged as
     rejected; `quarantine retry --all` stores them once it is registered. Registering the
     same key again is a no-op; another key for a registered ID needs --replace (exit 2
-    without it).
+    without it), which adds it as `kiosk key add` does: the old key is kept for the
+    packets it signed.
 
     \b
     Example:
       ektp-central --config central.toml kiosk add 320715-01 --public-key 320715-01.key.pub
       ektp-central --config central.toml quarantine retry --all
     """
-    from pathlib import Path
-
-    from cryptography.hazmat.primitives import serialization
-
     from central.store import KioskAlreadyRegistered
-    from wire.keys import load_kiosk_public
-    from wire.names import KIOSK_ID_RE
 
-    if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
-        fail(
-            f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")',
-            EXIT_USAGE,
-        )
-    try:
-        key = load_kiosk_public(Path(public_key))
-    except KeyFileError as exc:
-        fail(str(exc), EXIT_USAGE)
-    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    fingerprint = key_fingerprint(raw_public(key))
+    _kiosk_id(kiosk_id)
+    pem, fingerprint = _public_pem(public_key)
     with central_store(ctx) as store:
         try:
             changed = store.add_kiosk(kiosk_id, pem, replace=replace)
@@ -115,11 +129,136 @@ def kiosk_add(ctx: Context, kiosk_id: str, public_key: str, replace: bool, as_js
         click.echo(f"kiosk {kiosk_id} was already registered with this key ({fingerprint})")
 
 
+@kiosk_group.group("key")
+def kiosk_key_group() -> None:
+    """A kiosk's signing keys over time: add a rotated key, revoke a compromised one, list them."""
+
+
+@kiosk_key_group.command("add")
+@click.argument("kiosk_id", metavar="ID")
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    metavar="FILE",
+    help="The kiosk's new public key file (.pub).",
+)
+@click.option(
+    "--from",
+    "valid_from",
+    metavar="TIME",
+    help="When the kiosk started signing with it (RFC 3339, e.g. 2026-12-01T17:00:00Z); default now."
+    " `ektp-agent keys rotate` prints it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def kiosk_key_add(
+    ctx: Context, kiosk_id: str, public_key: str, valid_from: str | None, as_json: bool
+) -> None:
+    """Register a registered kiosk's new signing key (after `ektp-agent keys rotate`).
+
+    The key is valid from --from on; the kiosk's earlier keys stay, valid until then, so
+    the packets it signed before the rotation (still in its outbox, or in an export) verify
+    and store as before. Adding a key that is already registered is a no-op.
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosk key add 320715-01 --public-key new.key.pub \\
+          --from 2026-12-01T17:00:00Z
+    """
+    from central.store import StoreInputError
+
+    _kiosk_id(kiosk_id)
+    pem, fingerprint = _public_pem(public_key)
+    with central_store(ctx) as store:
+        try:
+            changed = store.add_kiosk_key(kiosk_id, pem, valid_from=valid_from)
+        except StoreInputError as exc:
+            fail(str(exc), EXIT_USAGE)
+        keys = [k.to_json() for k in store.kiosk_keys(kiosk_id)]
+    if as_json:
+        emit_json({"kiosk": kiosk_id, "fingerprint": fingerprint, "changed": changed, "keys": keys})
+    elif changed:
+        start = next(k["valid_from"] for k in keys if k["fingerprint"] == fingerprint)
+        click.echo(f"kiosk {kiosk_id}: key {fingerprint} added, valid from {start} ({len(keys)} keys)")
+    else:
+        click.echo(f"kiosk {kiosk_id} already has key {fingerprint}")
+
+
+@kiosk_key_group.command("revoke")
+@click.argument("kiosk_id", metavar="ID")
+@click.argument("fingerprint")
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="The earliest time the key may have been compromised (RFC 3339); default now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def kiosk_key_revoke(ctx: Context, kiosk_id: str, fingerprint: str, since: str | None, as_json: bool) -> None:
+    """Revoke a kiosk key: packets it signed that claim to be made at or after --since are refused.
+
+    Refused packets are kept in quarantine with reason `revoked_key` and acknowledged to
+    the kiosk as rejected. Packets stored before stay stored; earlier ones still verify.
+    FINGERPRINT is as `kiosk key list ID` shows it.
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosk key revoke 320715-01 1a2b:3c4d:... --since 2026-11-30T00:00:00Z
+    """
+    from central.store import StoreInputError
+
+    _kiosk_id(kiosk_id)
+    with central_store(ctx) as store:
+        try:
+            key = store.revoke_kiosk_key(kiosk_id, fingerprint, since=since)
+        except StoreInputError as exc:
+            fail(str(exc), EXIT_USAGE)
+    if as_json:
+        emit_json(key.to_json())
+    else:
+        click.echo(f"kiosk {kiosk_id}: key {fingerprint} revoked since {key.revoked_since}")
+
+
+@kiosk_key_group.command("list")
+@click.argument("kiosk_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@pass_ctx
+def kiosk_key_list(ctx: Context, kiosk_id: str, as_json: bool) -> None:
+    """List a kiosk's signing keys, oldest first: when each holds, and whether it is revoked.
+
+    \b
+    Example:
+      ektp-central --config central.toml kiosk key list 320715-01 --json
+    """
+    _kiosk_id(kiosk_id)
+    with central_store(ctx) as store:
+        keys = [k.to_json() for k in store.kiosk_keys(kiosk_id)]
+    if not keys:
+        fail(f"kiosk {kiosk_id} is not registered (`ektp-central kiosks` lists those that are)", EXIT_PROBLEM)
+    if as_json:
+        emit_json(keys)
+        return
+    print_table(
+        ["fingerprint", "valid_from", "valid_until", "revoked_since", "current"],
+        [
+            [
+                k["fingerprint"],
+                k["valid_from"],
+                k["valid_until"],
+                k["revoked_since"],
+                "yes" if k["current"] else "",
+            ]
+            for k in keys
+        ],
+    )
+
+
 @main.command("kiosks")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 @pass_ctx
 def kiosks_cmd(ctx: Context, as_json: bool) -> None:
-    """List the registered kiosks: id, key fingerprint, when added.
+    """List the registered kiosks: id, current key fingerprint, when added, how many keys.
 
     \b
     Example:
@@ -131,5 +270,6 @@ def kiosks_cmd(ctx: Context, as_json: bool) -> None:
         emit_json(rows)
         return
     print_table(
-        ["kiosk", "fingerprint", "added_at"], [[r["kiosk"], r["fingerprint"], r["added_at"]] for r in rows]
+        ["kiosk", "fingerprint", "added_at", "keys"],
+        [[r["kiosk"], r["fingerprint"], r["added_at"], r["keys"]] for r in rows],
     )

@@ -278,6 +278,7 @@ class CentralConsumer:
     def _store(self, store: CentralStore, items: list[tuple[bytes, str]]) -> dict[str, list[AckResult]]:
         """Keep the chunks, store the packets they complete; the ack results per kiosk, in order."""
         acks: dict[str, list[AckResult]] = defaultdict(list)
+        resent: dict[str, set[str]] = defaultdict(set)  # packets already stored, sent again (wasted work)
         finals: list[tuple[str, Chunk, bytes]] = []  # (kiosk, the chunk that completed it, the packet)
         parts: list[tuple[str, Chunk]] = []
         for payload, kiosk in items:
@@ -296,6 +297,8 @@ class CentralConsumer:
                 reason = "" if held == chunk.sha256 else "other bytes are stored under this packet id"
                 acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, status, reason))
                 self.counts[status.value] += 1
+                if status is AckStatus.DUPLICATE:
+                    resent[kiosk].add(chunk.packet_id)
             elif chunk.probe:
                 have = store.partial_have(kiosk, chunk.packet_id, chunk.sha256)
                 acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, AckStatus.PARTIAL, have=have))
@@ -316,6 +319,8 @@ class CentralConsumer:
                     finals.append((kiosk, chunk, data))
         for (kiosk, _, _), result in zip(finals, self._ingest_packets(store, finals), strict=True):
             acks[kiosk].append(result)
+        for kiosk, packet_ids in resent.items():
+            store.count_duplicate_deliveries(kiosk, len(packet_ids))
         return acks
 
     def _ingest_packets(self, store: CentralStore, finals: list[tuple[str, Chunk, bytes]]) -> list[AckResult]:

@@ -11,9 +11,13 @@ Columns (also the JSON keys of `ektp-central fleet --json`):
     degraded              devices whose state is "degraded", sorted
     backlog               queue.pending of the last health snapshot (None if unknown)
     oldest_pending_age_s  queue.oldest_pending_age_s of that snapshot
-    stored                packets stored centrally
+    stored                packets stored centrally (real residents: synthetic ones not counted)
+    synthetic             synthetic packets stored (a simulated kit's test residents), kept apart
     last_seq              the highest stored seq (None if none)
     gaps                  [from, to] ranges of seq missing below last_seq (seqs start at 1)
+    duplicate_deliveries  deliveries of packets the centre already held (wasted but harmless work)
+    quarantined           quarantine rows naming this kiosk, and their bytes (quarantine_bytes)
+    quarantine_dropped    inputs naming this kiosk not kept: its quarantine was at its byte cap
 """
 
 from __future__ import annotations
@@ -37,8 +41,13 @@ class FleetRow(TypedDict):
     backlog: int | None
     oldest_pending_age_s: float | None
     stored: int
+    synthetic: int
     last_seq: int | None
     gaps: list[list[int]]
+    duplicate_deliveries: int
+    quarantined: int
+    quarantine_bytes: int
+    quarantine_dropped: int
 
 
 def build_fleet(
@@ -48,9 +57,13 @@ def build_fleet(
     health: Iterable[Sequence[Any]],
     counts: Iterable[Sequence[Any]],
     gaps: Iterable[Sequence[Any]],
+    counters: Iterable[Sequence[Any]] = (),
+    quarantine: Iterable[Sequence[Any]] = (),
 ) -> list[FleetRow]:
     """Rows from the store's query results: status (kiosk, state, ts), health (kiosk, ts, doc
-    JSON), counts (kiosk, count, min seq, max seq), gaps (kiosk, from, to) in order."""
+    JSON), counts (kiosk, count, synthetic count, min seq, max seq), gaps (kiosk, from, to) in
+    order, counters (kiosk, duplicate deliveries, quarantine dropped), quarantine (kiosk,
+    rows, bytes)."""
     rows: dict[str, FleetRow] = {}
 
     def row(kiosk: str) -> FleetRow:
@@ -66,8 +79,13 @@ def build_fleet(
                 backlog=None,
                 oldest_pending_age_s=None,
                 stored=0,
+                synthetic=0,
                 last_seq=None,
                 gaps=[],
+                duplicate_deliveries=0,
+                quarantined=0,
+                quarantine_bytes=0,
+                quarantine_dropped=0,
             )
         return rows[kiosk]
 
@@ -81,14 +99,23 @@ def build_fleet(
         r = row(kiosk)
         r["last_health_ts"] = ts
         _apply_health(r, _loads(doc_text))
-    for kiosk, count, first, last in counts:
+    for kiosk, count, synthetic, first, last in counts:
         r = row(kiosk)
-        r["stored"] = int(count)
+        r["stored"] = int(count) - int(synthetic)
+        r["synthetic"] = int(synthetic)
         r["last_seq"] = int(last)
         if int(first) > FIRST_SEQ:
             r["gaps"].append([FIRST_SEQ, int(first) - 1])
     for kiosk, start, end in gaps:
         row(kiosk)["gaps"].append([int(start), int(end)])
+    for kiosk, duplicates, dropped in counters:
+        r = row(kiosk)
+        r["duplicate_deliveries"] = int(duplicates)
+        r["quarantine_dropped"] = int(dropped)
+    for kiosk, n, size in quarantine:
+        r = row(kiosk)
+        r["quarantined"] = int(n)
+        r["quarantine_bytes"] = int(size)
     return [rows[k] for k in sorted(rows)]
 
 

@@ -12,13 +12,14 @@ consumer hands the Ingestor a small thread pool and a batch is checked on both c
 Outcomes (``IngestResult.status``), in the order the checks run:
 
     damaged    the bytes did not authenticate: not the SHA-256 the transfer announced, no
-               readable header, or a signature that the registered key of the kiosk named
-               in the header does not verify.
+               readable header, or a signature that no registered key of the kiosk named
+               in the header verifies (central.kiosk_keys: which keys are tried).
                Nothing of them is kept from MQTT (the kiosk sends them again; a flaky
                link must not fill the quarantine); an import quarantines them.
     rejected   not from the kiosk (or not the packet id) the transfer announced, from a kiosk
-               that is not registered, too large, or authenticated but its body does not
-               open with the centre's key: quarantined, never acked as stored
+               that is not registered, too large, signed by a key revoked at the time the
+               packet claims, or authenticated but its body does not open with the
+               centre's key: quarantined, never acked as stored
     conflict   other bytes are stored under this kiosk and packet id: these are quarantined
     stored     newly stored
     duplicate  these bytes were stored before (ack them again)
@@ -34,8 +35,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from central.kiosk_keys import KioskKey, candidates
 from central.store import SOURCES, CentralStore, StoreOutcome, check_source, conflict_reason
 from wire.keys import CentralPrivateKeys
 from wire.packet import (
@@ -170,10 +170,12 @@ class Ingestor:
         data = self.store.packet_data(kiosk, packet_id)
         if data is None:
             raise PacketNotStored(f"packet {packet_id} of kiosk {kiosk} is not stored")
-        kiosk_public = self.store.kiosk_public_key(kiosk)
-        if kiosk_public is None:
+        header = read_header(data)
+        keys = self.store.kiosk_keys(kiosk)
+        if not keys:
             raise PacketNotStored(f"packet {packet_id}: kiosk {kiosk} is no longer registered")
-        return open_packet(data, kiosk_public=kiosk_public, central_private=self.central_keys.encryption)
+        signer = _signer(data, candidates(keys, header.created_at)[0]) or keys[-1]
+        return open_packet(data, kiosk_public=signer.public_key, central_private=self.central_keys.encryption)
 
     # ------------------------------------------------------------------ the checks
 
@@ -181,7 +183,7 @@ class Ingestor:
         self, items: Sequence[tuple[bytes, str]], *, quarantine: bool, claims: Sequence[Claim] | None = None
     ) -> list[IngestResult]:
         """Check each ``(data, source)``, quarantine (if ``quarantine``) and store; results in order."""
-        keys: dict[str, Ed25519PublicKey | None] = {}  # one lookup per kiosk per batch
+        keys: dict[str, list[KioskKey]] = {}  # one lookup per kiosk per batch
         # the store is used on this thread only; the pool gets pure CPU work
         looked_up = [self._look_up(data, keys) for data, _ in items]
         jobs = [
@@ -219,9 +221,9 @@ class Ingestor:
         return [r for r in results if r is not None]
 
     def _look_up(
-        self, data: bytes, keys: dict[str, Ed25519PublicKey | None]
-    ) -> tuple[PacketHeader, Ed25519PublicKey | None] | PacketError | None:
-        """The header and its kiosk's registered key; the header's error; None if too large."""
+        self, data: bytes, keys: dict[str, list[KioskKey]]
+    ) -> tuple[PacketHeader, list[KioskKey]] | PacketError | None:
+        """The header and its kiosk's registered keys; the header's error; None if too large."""
         if len(data) > MAX_PACKET_BYTES:
             return None
         try:
@@ -229,12 +231,12 @@ class Ingestor:
         except PacketError as exc:
             return exc
         if header.kiosk_id not in keys:
-            keys[header.kiosk_id] = self.store.kiosk_public_key(header.kiosk_id)
+            keys[header.kiosk_id] = self.store.kiosk_keys(header.kiosk_id)
         return header, keys[header.kiosk_id]
 
     def _authenticate(
         self,
-        job: tuple[bytes, tuple[PacketHeader, Ed25519PublicKey | None] | PacketError | None, Claim | None],
+        job: tuple[bytes, tuple[PacketHeader, list[KioskKey]] | PacketError | None, Claim | None],
     ) -> tuple[PacketHeader | IngestResult, str]:
         """(the authenticated header, or what became of the input instead; its hex SHA-256)."""
         data, looked_up, claim = job
@@ -253,25 +255,36 @@ class Ingestor:
             return IngestResult(
                 looked_up.packet_id, looked_up.kiosk_id, None, "damaged", reason, fault, digest
             ), digest
-        header, kiosk_public = looked_up
+        header, kiosk_keys = looked_up
         if claim is not None and (header.kiosk_id, header.packet_id) != (claim.kiosk, claim.packet_id):
             reason = (
                 f"not_announced: packet {header.packet_id} of kiosk {header.kiosk_id} arrived as packet "
                 f"{claim.packet_id} on kiosk {claim.kiosk}'s topic"
             )
             return _refused(header, "rejected", "not_announced", reason, digest), digest
-        if kiosk_public is None:
+        if not kiosk_keys:
             reason = (
                 f"unknown_kiosk: kiosk {header.kiosk_id} is not registered: register it with "
                 f"`ektp-central kiosk add {header.kiosk_id} --public-key FILE`, "
                 "then `ektp-central quarantine retry --all`"
             )
             return _refused(header, "rejected", "unknown_kiosk", reason, digest), digest
-        try:
-            verify(data, kiosk_public)
-        except PacketError as exc:
-            fault = exc.reason.value
-            return _refused(header, "damaged", fault, f"damaged: {fault}: {exc}", digest), digest
+        usable, revoked = candidates(kiosk_keys, header.created_at)
+        if _signer(data, usable) is None:
+            by_revoked = _signer(data, revoked)
+            if by_revoked is not None:
+                reason = (
+                    f"revoked_key: packet {header.packet_id} of kiosk {header.kiosk_id}, made at "
+                    f"{header.created_at}, is signed by key {by_revoked.fingerprint}, revoked since "
+                    f"{by_revoked.revoked_since}"
+                )
+                return _refused(header, "rejected", "revoked_key", reason, digest), digest
+            tried = ", ".join(k.fingerprint for k in usable) or "none valid then"
+            reason = (
+                f"damaged: bad_signature: packet {header.packet_id}: the signature verifies with no key "
+                f"of kiosk {header.kiosk_id} (tried {tried}): damaged, or not made by this kiosk"
+            )
+            return _refused(header, "damaged", "bad_signature", reason, digest), digest
         if self.central_keys is not None:
             try:
                 open_body(data, header, self.central_keys.encryption)
@@ -279,6 +292,17 @@ class Ingestor:
                 fault = exc.reason.value
                 return _refused(header, "rejected", fault, f"{fault}: {exc}", digest), digest
         return header, digest
+
+
+def _signer(data: bytes, keys: list[KioskKey]) -> KioskKey | None:
+    """The first of ``keys`` whose signature check of ``data`` passes, or None."""
+    for key in keys:
+        try:
+            verify(data, key.public_key)
+        except PacketError:
+            continue
+        return key
+    return None
 
 
 def _refused(header: PacketHeader, status: Status, fault: str, reason: str, digest: str) -> IngestResult:

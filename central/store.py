@@ -34,6 +34,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from central.fleet import FleetRow, build_fleet
+from central.kiosk_keys import (
+    BEGINNING,
+    KEYS_DDL,
+    SELECT_KEYS,
+    KioskKey,
+    fingerprint_of,
+    migrate_registered,
+    pem_of,
+    rows_to_keys,
+)
 from wire.chunk import MAX_PACKET_BYTES as MAX_CHUNKED_PACKET
 from wire.chunk import Chunk, covered_prefix
 from wire.names import KIOSK_ID_RE
@@ -43,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: packets keyed by (kiosk, packet_id); partial_chunks
+SCHEMA_VERSION = 3  # 2: packets keyed by (kiosk, packet_id); partial_chunks. 3: kiosk_keys, kiosk_counters, packets.synthetic
 SOURCES = ("mqtt", "import")
 STATUS_RANK = {"online": 0, "offline": 1}  # within one connection, online comes before offline
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
@@ -136,6 +146,9 @@ class Cursor(Protocol):
 
     def fetchall(self) -> list[Any]: ...
 
+    @property
+    def description(self) -> Any: ...
+
 
 class Sql(Protocol):
     def __call__(self, text: str, params: Sequence[Any] = (), /) -> Cursor: ...
@@ -190,6 +203,7 @@ class CentralStore(ABC):
             " created_at TEXT NOT NULL, received_at TEXT NOT NULL, bytes BIGINT NOT NULL,"
             f" sha256 TEXT NOT NULL, data {self.BLOB} NOT NULL,"
             " source TEXT NOT NULL CHECK (source IN ('mqtt', 'import')),"
+            " synthetic SMALLINT NOT NULL DEFAULT 0,"
             " CONSTRAINT packets_kiosk_packet_id PRIMARY KEY (kiosk, packet_id))"
         )
 
@@ -198,6 +212,12 @@ class CentralStore(ABC):
         return [
             "CREATE TABLE IF NOT EXISTS kiosks ("
             " id TEXT PRIMARY KEY, public_key TEXT NOT NULL, added_at TEXT NOT NULL)",
+            # every signing key a kiosk has had, with the times it holds for (central.kiosk_keys)
+            KEYS_DDL,
+            # what the centre counts per kiosk beside its tables: wasted work and what it refused to keep
+            "CREATE TABLE IF NOT EXISTS kiosk_counters ("
+            " kiosk TEXT PRIMARY KEY, duplicate_deliveries BIGINT NOT NULL DEFAULT 0,"
+            " quarantine_dropped BIGINT NOT NULL DEFAULT 0, quarantine_dropped_bytes BIGINT NOT NULL DEFAULT 0)",
             self._packets_ddl("packets"),
             "CREATE INDEX IF NOT EXISTS packets_kiosk_seq ON packets (kiosk, seq)",
             # the chunks of a packet still in transfer, until it is whole (then ingested and dropped)
@@ -211,6 +231,7 @@ class CentralStore(ABC):
             f" id {serial}, received_at TEXT NOT NULL, last_received_at TEXT NOT NULL,"
             " times BIGINT NOT NULL, kiosk_hint TEXT, reason TEXT NOT NULL, source TEXT,"
             f" bytes BIGINT NOT NULL, sha256 TEXT NOT NULL UNIQUE, data {blob} NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS quarantine_kiosk ON quarantine (kiosk_hint)",
             "CREATE TABLE IF NOT EXISTS kiosk_status ("
             " kiosk TEXT PRIMARY KEY, state TEXT NOT NULL, connection BIGINT,"
             " state_rank INTEGER NOT NULL, ts TEXT NOT NULL, doc TEXT NOT NULL)",
@@ -238,8 +259,14 @@ class CentralStore(ABC):
             log.info("central store %s: schema %d -> %d", self.display, found, SCHEMA_VERSION)
             if found < 2:
                 self._migrate_packets_v1(sql)
+            if found < 3:  # (SQLite's rebuild of schema 1 has the column already)
+                columns = {d[0] for d in sql("SELECT * FROM packets LIMIT 0").description}
+                if "synthetic" not in columns:
+                    sql("ALTER TABLE packets ADD COLUMN synthetic SMALLINT NOT NULL DEFAULT 0")
         for statement in self._schema():
             sql(statement)
+        if found is not None and found < 3:
+            migrate_registered(sql, _parse_public_pem)
         sql(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -254,7 +281,7 @@ class CentralStore(ABC):
         (kiosk, seq) goes with the old table and ``_schema`` creates it again.
         """
         columns = "kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source"
-        sql(self._packets_ddl("packets_v2"))
+        sql(self._packets_ddl("packets_v2"))  # synthetic takes its default: schema 1 had no mark
         sql(f"INSERT INTO packets_v2 ({columns}) SELECT {columns} FROM packets")
         sql("DROP TABLE packets")
         sql("ALTER TABLE packets_v2 RENAME TO packets")
@@ -269,50 +296,126 @@ class CentralStore(ABC):
     def add_kiosk(self, kiosk_id: str, public_pem: bytes, *, replace: bool = False) -> bool:
         """Register a kiosk's Ed25519 public key; False when exactly that key was already registered.
 
+        ``replace``: a kiosk registered with another key gets this one as a new key from now
+        on (``add_kiosk_key``); its packets signed before still verify with the old one.
         :raises StoreInputError: a bad kiosk id or not an Ed25519 public key in PEM
         :raises KioskAlreadyRegistered: another key is registered and ``replace`` is false
         """
         check_kiosk_id(kiosk_id)
         key = _parse_public_pem(public_pem)
-        pem = key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        pem = pem_of(key)
         with self._tx() as sql:
             row = sql("SELECT public_key FROM kiosks WHERE id = ?", [kiosk_id]).fetchone()
-            if row is not None and row[0] == pem:
+            if row is None:
+                now = utc_now()
+                sql("INSERT INTO kiosks (id, public_key, added_at) VALUES (?, ?, ?)", [kiosk_id, pem, now])
+                self._insert_key(sql, kiosk_id, key, BEGINNING, now)
+                return True
+            if row[0] == pem:
                 return False
-            if row is not None and not replace:
+            if not replace:
                 raise KioskAlreadyRegistered(kiosk_id)
+        return self.add_kiosk_key(kiosk_id, public_pem)
+
+    def add_kiosk_key(self, kiosk_id: str, public_pem: bytes, *, valid_from: str | None = None) -> bool:
+        """A registered kiosk's new signing key, valid from ``valid_from`` (default now); False if known.
+
+        The keys before it stay, valid until that moment. ``valid_from`` is RFC 3339 UTC
+        and must be later than the start of the kiosk's current key.
+        :raises StoreInputError: a bad id, key or time, an unregistered kiosk, a time not after the current key's
+        """
+        check_kiosk_id(kiosk_id)
+        key = _parse_public_pem(public_pem)
+        start = utc_now() if valid_from is None else check_time(valid_from, "valid_from")
+        fingerprint = fingerprint_of(key)
+        with self._tx() as sql:
+            if sql("SELECT 1 FROM kiosks WHERE id = ?", [kiosk_id]).fetchone() is None:
+                raise StoreInputError(
+                    f"kiosk {kiosk_id} is not registered: register its first key with "
+                    f"`ektp-central kiosk add {kiosk_id} --public-key FILE`"
+                )
+            known = sql(
+                "SELECT 1 FROM kiosk_keys WHERE kiosk = ? AND fingerprint = ?", [kiosk_id, fingerprint]
+            ).fetchone()
+            if known is not None:
+                return False
+            (latest,) = sql("SELECT MAX(valid_from) FROM kiosk_keys WHERE kiosk = ?", [kiosk_id]).fetchone()
+            if latest is not None and start <= latest:
+                raise StoreInputError(
+                    f"kiosk {kiosk_id}: a new key must start after its current key's start ({latest}); "
+                    f"{start} is not later"
+                )
             sql(
-                "INSERT INTO kiosks (id, public_key, added_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, added_at = excluded.added_at",
-                [kiosk_id, pem, utc_now()],
+                "UPDATE kiosk_keys SET valid_until = ? WHERE kiosk = ? AND valid_until IS NULL",
+                [start, kiosk_id],
             )
+            self._insert_key(sql, kiosk_id, key, start, utc_now())
+            sql("UPDATE kiosks SET public_key = ? WHERE id = ?", [pem_of(key), kiosk_id])
+        log.info("kiosk %s: new signing key %s from %s", kiosk_id, fingerprint, start)
         return True
 
-    def kiosk_public_key(self, kiosk_id: str) -> Ed25519PublicKey | None:
-        """The registered key of ``kiosk_id``, or None (read each time, so a new registration counts at once)."""
+    def revoke_kiosk_key(self, kiosk_id: str, fingerprint: str, *, since: str | None = None) -> KioskKey:
+        """Refuse packets signed by this key that claim to be made at or after ``since`` (default now).
+
+        Revoking again keeps the earlier moment. Stored packets stay stored.
+        :raises StoreInputError: no such key of this kiosk, or a bad time
+        """
+        check_kiosk_id(kiosk_id)
+        moment = utc_now() if since is None else check_time(since, "since")
+        with self._tx() as sql:
+            updated = sql(
+                "UPDATE kiosk_keys SET revoked_since = ? WHERE kiosk = ? AND fingerprint = ?"
+                " AND (revoked_since IS NULL OR revoked_since > ?)",
+                [moment, kiosk_id, fingerprint, moment],
+            ).rowcount
+            rows = sql(SELECT_KEYS, [kiosk_id]).fetchall()
+        found = [k for k in rows_to_keys(rows, self._parse_cached) if k.fingerprint == fingerprint]
+        if not found:
+            known = ", ".join(k.fingerprint for k in rows_to_keys(rows, self._parse_cached)) or "none"
+            raise StoreInputError(
+                f"kiosk {kiosk_id} has no key {fingerprint} (its keys: {known}); "
+                f"`ektp-central kiosk keys {kiosk_id}` lists them"
+            )
+        if updated:
+            log.warning("kiosk %s: key %s revoked since %s", kiosk_id, fingerprint, found[0].revoked_since)
+        return found[0]
+
+    def kiosk_keys(self, kiosk_id: str) -> list[KioskKey]:
+        """Every signing key of ``kiosk_id``, oldest first (empty if it is not registered)."""
         with self._tx(write=False) as sql:
-            row = sql("SELECT public_key FROM kiosks WHERE id = ?", [kiosk_id]).fetchone()
-        if row is None:
-            return None
-        pem = row[0].encode()
+            rows = sql(SELECT_KEYS, [kiosk_id]).fetchall()
+        return rows_to_keys(rows, self._parse_cached)
+
+    def _insert_key(self, sql: Sql, kiosk_id: str, key: Ed25519PublicKey, valid_from: str, now: str) -> None:
+        sql(
+            "INSERT INTO kiosk_keys (kiosk, fingerprint, public_key, valid_from, valid_until, revoked_since,"
+            " added_at) VALUES (?, ?, ?, ?, NULL, NULL, ?)",
+            [kiosk_id, fingerprint_of(key), pem_of(key), valid_from, now],
+        )
+
+    def _parse_cached(self, pem: bytes) -> Ed25519PublicKey:
         key = self._keys.get(pem)
         if key is None:
             key = self._keys[pem] = _parse_public_pem(pem)
         return key
 
-    def kiosks(self) -> list[dict[str, Any]]:
-        """Registered kiosks: ``kiosk``, ``fingerprint``, ``added_at``."""
-        from wire.keys import key_fingerprint, raw_public
+    def kiosk_public_key(self, kiosk_id: str) -> Ed25519PublicKey | None:
+        """The current key of ``kiosk_id``, or None (read each time, so a new registration counts at once)."""
+        with self._tx(write=False) as sql:
+            row = sql("SELECT public_key FROM kiosks WHERE id = ?", [kiosk_id]).fetchone()
+        return None if row is None else self._parse_cached(row[0].encode())
 
+    def kiosks(self) -> list[dict[str, Any]]:
+        """Registered kiosks: ``kiosk``, ``fingerprint`` (of the current key), ``added_at``, ``keys`` (how many)."""
         with self._tx(write=False) as sql:
             rows = sql("SELECT id, public_key, added_at FROM kiosks ORDER BY id").fetchall()
+            counts = dict(sql("SELECT kiosk, COUNT(*) FROM kiosk_keys GROUP BY kiosk").fetchall())
         return [
             {
                 "kiosk": kiosk,
-                "fingerprint": key_fingerprint(raw_public(_parse_public_pem(pem.encode()))),
+                "fingerprint": fingerprint_of(self._parse_cached(pem.encode())),
                 "added_at": added_at,
+                "keys": int(counts.get(kiosk, 1)),
             }
             for kiosk, pem, added_at in rows
         ]
@@ -377,8 +480,9 @@ class CentralStore(ABC):
         quarantine_conflicts: bool,
     ) -> StoreOutcome:
         inserted = sql(
-            "INSERT INTO packets (kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kiosk, packet_id) DO NOTHING",
+            "INSERT INTO packets"
+            " (kiosk, packet_id, seq, created_at, received_at, bytes, sha256, data, source, synthetic)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kiosk, packet_id) DO NOTHING",
             [
                 header.kiosk_id,
                 header.packet_id,
@@ -389,6 +493,7 @@ class CentralStore(ABC):
                 digest,
                 raw,
                 source,
+                int(header.synthetic),
             ],
         ).rowcount
         if inserted == 1:
@@ -398,6 +503,7 @@ class CentralStore(ABC):
             [header.kiosk_id, header.packet_id],
         ).fetchone()
         if stored_digest == digest:
+            self._count_duplicates(sql, header.kiosk_id, 1)
             return StoreOutcome.DUPLICATE
         if quarantine_conflicts:
             reason = conflict_reason(header.kiosk_id, header.packet_id, header.seq)
@@ -406,6 +512,20 @@ class CentralStore(ABC):
                 sql, raw, kiosk_hint=header.kiosk_id, reason=reason, source=source, now=now
             )
         return StoreOutcome.CONFLICT
+
+    def count_duplicate_deliveries(self, kiosk: str, n: int) -> None:
+        """Count ``n`` deliveries of packets ``kiosk`` had already delivered (wasted work, shown in the fleet)."""
+        if n > 0:
+            with self._tx() as sql:
+                self._count_duplicates(sql, kiosk, n)
+
+    def _count_duplicates(self, sql: Sql, kiosk: str, n: int) -> None:
+        sql(
+            "INSERT INTO kiosk_counters (kiosk, duplicate_deliveries) VALUES (?, ?)"
+            " ON CONFLICT (kiosk) DO UPDATE SET"
+            " duplicate_deliveries = kiosk_counters.duplicate_deliveries + excluded.duplicate_deliveries",
+            [kiosk, n],
+        )
 
     def stored_sha256(self, kiosk: str, packet_id: str) -> str | None:
         """The hex SHA-256 of the bytes stored for this kiosk and packet id, or None if none are."""
@@ -416,8 +536,9 @@ class CentralStore(ABC):
         return None if row is None else str(row[0])
 
     def packets(self, kiosk: str | None = None) -> list[dict[str, Any]]:
-        """Stored packets (no data), by kiosk and seq: ``packet_id, kiosk, seq, created_at, received_at, bytes, source``."""
-        query = "SELECT packet_id, kiosk, seq, created_at, received_at, bytes, source FROM packets"
+        """Stored packets (no data), by kiosk and seq: ``packet_id, kiosk, seq, created_at, received_at, bytes,
+        source, synthetic`` (a simulated kit's test resident, never a real one)."""
+        query = "SELECT packet_id, kiosk, seq, created_at, received_at, bytes, source, synthetic FROM packets"
         params: list[Any] = []
         if kiosk is not None:
             query += " WHERE kiosk = ?"
@@ -425,7 +546,7 @@ class CentralStore(ABC):
         with self._tx(write=False) as sql:
             rows = sql(query + " ORDER BY kiosk, seq, packet_id", params).fetchall()
         names = ("packet_id", "kiosk", "seq", "created_at", "received_at", "bytes", "source")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [{**dict(zip(names, row[:-1], strict=True)), "synthetic": bool(row[-1])} for row in rows]
 
     def packet_data(self, kiosk: str, packet_id: str) -> bytes | None:
         """The stored bytes of one packet of ``kiosk``, or None."""
@@ -713,14 +834,31 @@ class CentralStore(ABC):
             registered = [r[0] for r in sql("SELECT id FROM kiosks").fetchall()]
             status = sql("SELECT kiosk, state, ts FROM kiosk_status").fetchall()
             health = sql("SELECT kiosk, ts, doc FROM kiosk_health").fetchall()
-            counts = sql("SELECT kiosk, COUNT(*), MIN(seq), MAX(seq) FROM packets GROUP BY kiosk").fetchall()
+            counts = sql(
+                "SELECT kiosk, COUNT(*), SUM(synthetic), MIN(seq), MAX(seq) FROM packets GROUP BY kiosk"
+            ).fetchall()
             # gaps in each kiosk's seq, by a window over the (kiosk, seq) index: never all seqs in memory
             gaps = sql(
                 "SELECT kiosk, prev + 1, seq - 1 FROM ("
                 " SELECT kiosk, seq, LAG(seq) OVER (PARTITION BY kiosk ORDER BY seq) AS prev FROM packets"
                 ") AS s WHERE seq - prev > 1 ORDER BY kiosk, seq"
             ).fetchall()
-        return build_fleet(registered=registered, status=status, health=health, counts=counts, gaps=gaps)
+            counters = sql(
+                "SELECT kiosk, duplicate_deliveries, quarantine_dropped FROM kiosk_counters"
+            ).fetchall()
+            quarantine = sql(
+                "SELECT kiosk_hint, COUNT(*), SUM(bytes) FROM quarantine WHERE kiosk_hint IS NOT NULL"
+                " GROUP BY kiosk_hint"
+            ).fetchall()
+        return build_fleet(
+            registered=registered,
+            status=status,
+            health=health,
+            counts=counts,
+            gaps=gaps,
+            counters=counters,
+            quarantine=quarantine,
+        )
 
 
 def check_kiosk_id(kiosk_id: str) -> None:
@@ -765,6 +903,19 @@ def _partial_row(key: Sequence[Any], rows: list[Any]) -> dict[str, Any]:
         "first_received_at": min(received),
         "last_received_at": max(received),
     }
+
+
+def check_time(text: str, what: str) -> str:
+    """An RFC 3339 time as the store's UTC text. :raises StoreInputError: not a time with a zone"""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        when = None
+    if when is None or when.tzinfo is None:
+        raise StoreInputError(
+            f"{what} {text!r} is not an RFC 3339 time with a zone (e.g. 2026-12-01T17:00:00Z)"
+        )
+    return utc_text(when)
 
 
 def check_source(source: str) -> None:

@@ -116,9 +116,12 @@ def test_keys_init_kiosk_add_import_packets_fleet(centre: Centre, tmp_path: Path
     assert all({"packet_id", "kiosk", "seq", "received_at", "created_at", "bytes"} <= set(p) for p in packets)
     assert centre.json("packets", "--kiosk", "320715-99") == []
 
-    (row,) = centre.json("fleet")
+    row, stranger = centre.json("fleet")  # a kiosk known only from its quarantined packet shows too
+    assert (stranger["kiosk"], stranger["registered"], stranger["stored"]) == ("320715-99", False, 0)
+    assert stranger["quarantined"] == 1 and stranger["quarantine_bytes"] > 0
     assert row["kiosk"] == kiosk.kiosk_id and row["registered"] is True
-    assert row["stored"] == 5 and row["last_seq"] == 9
+    assert row["stored"] == 5 and row["synthetic"] == 0 and row["last_seq"] == 9
+    assert row["duplicate_deliveries"] == 7  # a copy in the first import, then all six files again
     assert row["gaps"] == [[3, 4], [7, 8]]
     assert row["online"] is None and row["faulty"] == [] and row["backlog"] is None
 
