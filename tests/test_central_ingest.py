@@ -334,3 +334,15 @@ def test_unknown_source_and_a_failing_store_raise(
 
 def test_empty_batch(ingestor: Ingestor) -> None:
     assert ingestor.ingest_many([], "mqtt") == []
+
+
+def test_a_synthetic_packet_is_stored_apart_from_residents(
+    ingestor: Ingestor, store: CentralStore, kiosk: Kiosk
+) -> None:
+    """A simulated kit's test resident carries the signed mark: stored, listed as synthetic,
+    and never counted among the kiosk's residents in the fleet."""
+    real, test = kiosk.seal(1), kiosk.seal(2, synthetic=True)
+    assert [r.status for r in ingestor.ingest_many([real.data, test.data], "mqtt")] == ["stored", "stored"]
+    assert [(p["seq"], p["synthetic"]) for p in store.packets()] == [(1, False), (2, True)]
+    (row,) = store.fleet()
+    assert (row["stored"], row["synthetic"], row["last_seq"], row["gaps"]) == (1, 1, 2, [])
