@@ -109,6 +109,8 @@ def build_fleet(
     for kiosk, start, end in gaps:
         row(kiosk)["gaps"].append([int(start), int(end)])
     for kiosk, duplicates, dropped in counters:
+        if not kiosk:
+            continue  # inputs that named no kiosk
         r = row(kiosk)
         r["duplicate_deliveries"] = int(duplicates)
         r["quarantine_dropped"] = int(dropped)

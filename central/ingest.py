@@ -52,7 +52,7 @@ from wire.record import EnrollmentRecord
 log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = MAX_BODY_BYTES + 64 * 1024  # the largest body plus room for header, key, tag, signature
-QUARANTINE_HEAD_BYTES = 64 * 1024  # of an input over the cap, only its head is kept
+QUARANTINE_HEAD_BYTES = 4096  # of an input that is not a packet, only its head is kept (enough to diagnose)
 RETRY_BATCH_ROWS = 64  # quarantine rows re-ingested per store transaction
 RETRY_BATCH_BYTES = 64 * 1024 * 1024
 
@@ -208,7 +208,7 @@ class Ingestor:
                 )
                 continue
             if quarantine:
-                kept = data if len(data) <= MAX_PACKET_BYTES else data[:QUARANTINE_HEAD_BYTES]
+                kept = data if checked.seq is not None else data[:QUARANTINE_HEAD_BYTES]
                 self.store.quarantine(kept, kiosk_hint=checked.kiosk, reason=checked.reason, source=source)
                 log.warning("packet %s (%s) and quarantined: %s", checked.status, source, checked.reason)
         outcomes = self.store.commit_packets(

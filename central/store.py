@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -58,6 +59,8 @@ SOURCES = ("mqtt", "import")
 STATUS_RANK = {"online": 0, "offline": 1}  # within one connection, online comes before offline
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
 SHA256_HEX_LEN = 64
+QUARANTINE_CAP_BYTES = 256 * 1024 * 1024  # per kiosk named (and for inputs naming none): [store] quarantine_cap_bytes
+DROP_LOG_INTERVAL_S = 60.0  # a quarantine at its cap logs its drops at most this often per kiosk
 
 
 class StoreError(Exception):
@@ -165,6 +168,8 @@ class CentralStore(ABC):
         self.display = display  # the store named in messages, without a password
         self._lock = threading.RLock()  # one connection, shared by the caller's threads one at a time
         self._keys: dict[bytes, Ed25519PublicKey] = {}
+        self.quarantine_cap_bytes = QUARANTINE_CAP_BYTES
+        self._drops_logged: dict[str, tuple[float, int]] = {}  # kiosk -> (last logged, drops since)
 
     # ------------------------------------------------------------------ backend
 
@@ -702,10 +707,13 @@ class CentralStore(ABC):
 
     def quarantine(
         self, data: bytes, *, kiosk_hint: str | None, reason: str, source: str | None = None
-    ) -> int:
+    ) -> int | None:
         """Keep bytes that could not be stored as a packet, with the reason; returns the quarantine id.
 
         Idempotent by content: the same bytes again update their row (``times``, latest reason).
+        Bounded: when the rows naming ``kiosk_hint`` (or naming none) already hold
+        ``quarantine_cap_bytes``, new bytes are not kept, only counted (``quarantine_dropped``
+        in the fleet), and None is returned.
         """
         with self._tx() as sql:
             return self._insert_quarantine(
@@ -714,7 +722,18 @@ class CentralStore(ABC):
 
     def _insert_quarantine(
         self, sql: Sql, data: bytes, *, kiosk_hint: str | None, reason: str, source: str | None, now: str
-    ) -> int:
+    ) -> int | None:
+        digest = hashlib.sha256(data).hexdigest()
+        known = sql("SELECT 1 FROM quarantine WHERE sha256 = ?", [digest]).fetchone() is not None
+        if not known:
+            where = "kiosk_hint IS NULL" if kiosk_hint is None else "kiosk_hint = ?"
+            (held,) = sql(
+                f"SELECT COALESCE(SUM(bytes), 0) FROM quarantine WHERE {where}",
+                [] if kiosk_hint is None else [kiosk_hint],
+            ).fetchone()
+            if int(held) + len(data) > self.quarantine_cap_bytes:
+                self._count_dropped(sql, kiosk_hint, len(data), int(held), reason)
+                return None
         row = sql(
             "INSERT INTO quarantine"
             " (received_at, last_received_at, times, kiosk_hint, reason, source, bytes, sha256, data)"
@@ -723,9 +742,36 @@ class CentralStore(ABC):
             " times = quarantine.times + 1, kiosk_hint = excluded.kiosk_hint, reason = excluded.reason,"
             " source = excluded.source"
             " RETURNING id",
-            [now, now, kiosk_hint, reason, source, len(data), hashlib.sha256(data).hexdigest(), data],
+            [now, now, kiosk_hint, reason, source, len(data), digest, data],
         ).fetchall()
         return int(row[0][0])
+
+    def _count_dropped(self, sql: Sql, kiosk_hint: str | None, size: int, held: int, reason: str) -> None:
+        """Count an input not kept because its kiosk's quarantine is full; log it now and then."""
+        kiosk = kiosk_hint or ""  # inputs that name no kiosk count under "" (not a fleet row)
+        sql(
+            "INSERT INTO kiosk_counters (kiosk, quarantine_dropped, quarantine_dropped_bytes) VALUES (?, 1, ?)"
+            " ON CONFLICT (kiosk) DO UPDATE SET quarantine_dropped = kiosk_counters.quarantine_dropped + 1,"
+            " quarantine_dropped_bytes = kiosk_counters.quarantine_dropped_bytes + excluded.quarantine_dropped_bytes",
+            [kiosk, size],
+        )
+        last, since = self._drops_logged.get(kiosk, (0.0, 0))
+        now = time.monotonic()
+        if now - last < DROP_LOG_INTERVAL_S:
+            self._drops_logged[kiosk] = (last, since + 1)
+            return
+        self._drops_logged[kiosk] = (now, 0)
+        log.warning(
+            "quarantine of %s is full (%d of %d bytes): a %d-byte input not kept (%s)%s; "
+            "look at `ektp-central quarantine --kiosk %s`, retry or delete what is there",
+            f"kiosk {kiosk}" if kiosk else "inputs naming no kiosk",
+            held,
+            self.quarantine_cap_bytes,
+            size,
+            reason.split(":", 1)[0],
+            f"; {since} more not kept since the last message" if since else "",
+            kiosk or "ID",
+        )
 
     def quarantined(self, kiosk: str | None = None) -> list[dict[str, Any]]:
         """Quarantine rows (no data): ``id, received_at, last_received_at, times, kiosk_hint, reason, source, bytes``.

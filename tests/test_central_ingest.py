@@ -346,3 +346,30 @@ def test_a_synthetic_packet_is_stored_apart_from_residents(
     assert [(p["seq"], p["synthetic"]) for p in store.packets()] == [(1, False), (2, True)]
     (row,) = store.fleet()
     assert (row["stored"], row["synthetic"], row["last_seq"], row["gaps"]) == (1, 1, 2, [])
+
+
+def test_quarantine_is_bounded_per_kiosk_and_counts_what_it_drops(
+    ingestor: Ingestor, store: CentralStore, kiosk: Kiosk
+) -> None:
+    """Sixty 2-MB garbage files keep 4 KiB each; a kiosk's rejected packets stop at its byte cap,
+    counted in the fleet, while another kiosk's quarantine is untouched."""
+    for i in range(60):
+        assert ingestor.ingest(bytes([i]) * 2_000_000, "import").status == "damaged"
+    assert {q["bytes"] for q in store.quarantined()} == {central.ingest.QUARANTINE_HEAD_BYTES}
+
+    stranger = centralkit.kiosk("320715-99", kiosk.central)  # not registered: each packet is rejected
+    size = len(stranger.seal(1).data)
+    store.quarantine_cap_bytes = 3 * size + size // 2
+    results = ingestor.ingest_many([stranger.seal(seq).data for seq in range(1, 7)], "mqtt")
+    assert {r.status for r in results} == {"rejected"}
+    kept = store.quarantined("320715-99")
+    assert len(kept) == 3
+    again = ingestor.ingest(store.quarantined_data([kept[0]["id"]])[0][2], "mqtt")  # bytes it holds: counted
+    assert again.status == "rejected" and store.quarantined("320715-99")[0]["times"] == 2
+    rows = {r["kiosk"]: r for r in store.fleet()}
+    assert (rows["320715-99"]["quarantined"], rows["320715-99"]["quarantine_dropped"]) == (3, 3)
+    assert rows["320715-99"]["quarantine_bytes"] == sum(q["bytes"] for q in kept)
+    assert rows[kiosk.kiosk_id]["quarantine_dropped"] == 0
+    other = centralkit.kiosk("320715-98", kiosk.central)
+    assert ingestor.ingest(other.seal(1).data, "mqtt").status == "rejected"
+    assert len(store.quarantined("320715-98")) == 1  # its own cap, not the full one's
