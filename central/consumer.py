@@ -230,12 +230,14 @@ class CentralConsumer:
         if not payload:
             return  # a cleared retained message
         try:
-            doc = json.loads(payload[:MAX_JSON]) if len(payload) <= MAX_JSON else None
-        except ValueError:
+            doc = json.loads(payload, parse_constant=_refuse_constant) if len(payload) <= MAX_JSON else None
+        except ValueError:  # also NaN and Infinity: not JSON, and they would reach `fleet --json`
             doc = None
         if not isinstance(doc, dict):
             self.counts["bad_" + kind] += 1
-            log.warning("ignored a %s message from kiosk %s that is not a JSON object", kind, kiosk)
+            log.warning(
+                "ignored a %s message from kiosk %s that is not a JSON object of finite numbers", kind, kiosk
+            )
             return
         if kind == "status":
             store.record_status(kiosk, doc)
@@ -356,3 +358,7 @@ class CentralConsumer:
         if msg.qos > 0 and msg.connection == self._connection:  # else the broker resends it (or the kiosk)
             with contextlib.suppress(Exception):  # the connection may be gone; the kiosk re-sends
                 msg.client.ack(msg.mid, msg.qos)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

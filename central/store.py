@@ -833,6 +833,12 @@ class CentralStore(ABC):
         connection = doc.get("connection")
         if connection is not None and (not isinstance(connection, int) or isinstance(connection, bool)):
             raise StoreInputError(f"status of kiosk {kiosk}: connection {connection!r} is not a whole number")
+        try:
+            text = json.dumps(doc, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreInputError(
+                f"status of kiosk {kiosk} is not plain JSON of finite numbers: {exc}"
+            ) from None
         with self._tx() as sql:
             applied = sql(
                 "INSERT INTO kiosk_status (kiosk, state, connection, state_rank, ts, doc) VALUES (?, ?, ?, ?, ?, ?)"
@@ -841,7 +847,7 @@ class CentralStore(ABC):
                 " WHERE excluded.connection IS NULL OR kiosk_status.connection IS NULL"
                 " OR excluded.connection > kiosk_status.connection"
                 " OR (excluded.connection = kiosk_status.connection AND excluded.state_rank >= kiosk_status.state_rank)",
-                [kiosk, state, connection, STATUS_RANK[state], utc_now(), json.dumps(doc, sort_keys=True)],
+                [kiosk, state, connection, STATUS_RANK[state], utc_now(), text],
             ).rowcount
         if not applied:
             log.info("stale status of kiosk %s ignored: %s (connection %s)", kiosk, state, connection)
@@ -858,6 +864,12 @@ class CentralStore(ABC):
         check_kiosk_id(kiosk)
         if not isinstance(doc, dict):
             raise StoreInputError(f"health of kiosk {kiosk} is a {type(doc).__name__}, not a JSON object")
+        try:
+            text = json.dumps(doc, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreInputError(
+                f"health of kiosk {kiosk} is not plain JSON of finite numbers: {exc}"
+            ) from None
         now = utc_now()
         ts = doc.get("ts") if isinstance(doc.get("ts"), str) else now
         with self._tx() as sql:
@@ -865,7 +877,7 @@ class CentralStore(ABC):
                 "INSERT INTO kiosk_health (kiosk, ts, received_at, doc) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (kiosk) DO UPDATE SET ts = excluded.ts, received_at = excluded.received_at,"
                 " doc = excluded.doc",
-                [kiosk, ts, now, json.dumps(doc, sort_keys=True)],
+                [kiosk, ts, now, text],
             )
 
     def health(self, kiosk: str) -> dict[str, Any] | None:

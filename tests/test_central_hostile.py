@@ -1,0 +1,59 @@
+"""Hostile messages at a running centre (a real broker, the consumer on a thread): health and
+status documents with non-finite numbers are refused at ingest, so `fleet --json` stays
+JSON; the consumer lives on and takes the next good document."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from central.store import StoreInputError, open_store
+from tests.linkkit import Centre, Keys, Watcher, wait_for
+from tests.netkit import Broker
+
+KIOSK = "320715-01"
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+@pytest.fixture
+def broker(tmp_path: Path, stack: contextlib.ExitStack) -> Broker:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    stack.callback(b.stop)
+    return b
+
+
+def test_non_finite_numbers_in_health_are_refused_and_the_fleet_stays_json(
+    tmp_path: Path, stack: contextlib.ExitStack, broker: Broker
+) -> None:
+    keys = Keys(tmp_path, KIOSK)
+    centre = Centre(tmp_path / "c", broker.port, keys)
+    stack.callback(centre.stop)
+    sender = Watcher(broker.port, f"ektp/v1/{KIOSK}/ack")
+    stack.callback(sender.close)
+    for bad in (b'{"queue": {"pending": Infinity}}', b'{"queue": {"oldest_pending_age_s": NaN}}'):
+        sender.publish(f"ektp/v1/{KIOSK}/health", bad)
+    sender.publish(f"ektp/v1/{KIOSK}/status", b'{"state": "online", "connection": 1, "uptime_s": -Infinity}')
+    wait_for(lambda: centre.consumer.counts["bad_health"] == 2, 10, "both bad health documents counted")
+    wait_for(lambda: centre.consumer.counts["bad_status"] == 1, 10, "the bad status counted")
+    good = {"queue": {"pending": 3, "oldest_pending_age_s": 12.5}}
+    sender.publish(f"ektp/v1/{KIOSK}/health", json.dumps(good).encode())
+    wait_for(lambda: centre.health(KIOSK) == good, 10, "the good health document after the bad ones")
+    assert centre.thread.is_alive()
+    with open_store(centre.url) as store:
+        text = json.dumps(store.fleet(), allow_nan=False)  # raises on a non-finite number
+        assert json.loads(text)[0]["backlog"] == 3
+        with pytest.raises(StoreInputError, match="finite"):
+            store.record_health(KIOSK, {"queue": {"pending": math.inf}})
+        with pytest.raises(StoreInputError, match="finite"):
+            store.record_status(KIOSK, {"state": "online", "load": math.nan})
