@@ -102,6 +102,9 @@ def test_keys_init_kiosk_add_import_packets_fleet(centre: Centre, tmp_path: Path
     assert tuple(report[k] for k in counts) == (5, 1, 1, 1, 0)
     by_file = {f["file"]: f for f in report["files"]}
     assert ".hidden" not in by_file and "subdir" not in by_file
+    (skipped,) = report["skipped"]  # dotfiles are ignored; a subdirectory is named, not entered
+    assert (skipped["file"], skipped["kind"]) == ("subdir", "directory")
+    assert f"ektp-central import {export / 'subdir'}" in skipped["reason"]
     assert by_file["copy-of-1.ektp"]["status"] == "duplicate"
     assert by_file["garbage.ektp"]["status"] == "damaged"
     assert by_file["stranger.ektp"]["status"] == "rejected"
@@ -196,6 +199,7 @@ def test_import_errors_and_empty_store(centre: Centre, tmp_path: Path) -> None:
         "damaged": 0,
         "conflict": 0,
         "files": [],
+        "skipped": [],
     }
     assert centre.json("packets") == [] and centre.json("fleet") == [] and centre.json("kiosks") == []
 
