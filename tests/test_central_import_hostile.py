@@ -167,7 +167,11 @@ def test_a_clean_import_after_skips_is_exit_0_again(centre: Centre, tmp_path: Pa
     good_files(centre, export, [1, 2, 3])
     (export / "shadow.ektp").symlink_to(tmp_path / "central.toml")
     first = centre.run("import", str(export), "--json")
-    assert first.returncode == 1 and json.loads(first.stdout)["stored"] == 3
+    assert first.returncode == 1, first.stderr
+    report = json.loads(first.stdout)
+    assert report["stored"] == 3 and [(s["file"], s["kind"]) for s in report["skipped"]] == [
+        ("shadow.ektp", "symlink")
+    ]
     (export / "shadow.ektp").unlink()
     again = centre.run("import", str(export))
     assert again.returncode == 0, again.stderr
