@@ -20,8 +20,8 @@ from wire.keys import KeyFileError
 
 if TYPE_CHECKING:
     from central.fleet import FleetRow
+    from central.keyring import CentralKeyring
     from central.store import CentralStore
-    from wire.keys import CentralPrivateKeys
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -313,17 +313,17 @@ def quarantine_retry(ctx: Context, ids: tuple[int, ...], retry_all: bool, as_jso
     click.echo(", ".join(f"{status} {n}" for status, n in counts.items()))
 
 
-def _central_keys_if_readable(ctx: Context) -> CentralPrivateKeys | None:
+def _central_keys_if_readable(ctx: Context) -> CentralKeyring | None:
     """The centre's keys for the body check, or None (with a note on stderr) when they cannot be read.
 
     Import and retry need only the store; with the keys they also refuse what the consumer
-    refuses (a body encrypted to another centre key).
+    refuses (a body encrypted to another centre key). Retired key pairs count (central.keyring).
     """
-    from wire.keys import load_central_private
+    from central.keyring import load_keyring
 
     path = ctx.config.central_private_key
     try:
-        return load_central_private(path)
+        return load_keyring(path)
     except KeyFileError as exc:
         click.echo(f"ektp-central: note: packet bodies are not checked: {exc}", err=True)
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from central.cli import (
@@ -15,7 +17,14 @@ from central.cli import (
     pass_ctx,
     print_table,
 )
-from wire.keys import KeyFileError, create_central_keys, key_fingerprint, public_path, raw_public
+from wire.keys import (
+    CentralPrivateKeys,
+    KeyFileError,
+    create_central_keys,
+    key_fingerprint,
+    public_path,
+    raw_public,
+)
 
 
 @main.group("keys")
@@ -25,7 +34,9 @@ def keys_group() -> None:
 
 @keys_group.command("init")
 @click.option(
-    "--force", is_flag=True, help="Replace existing keys (every kiosk must then get the new .pub file)."
+    "--force",
+    is_flag=True,
+    help="Keys exist already: rotate them (as `keys rotate`: the old pair is kept, never overwritten).",
 )
 @pass_ctx
 def keys_init(ctx: Context, force: bool) -> None:
@@ -33,19 +44,61 @@ def keys_init(ctx: Context, force: bool) -> None:
 
     The private file (mode 0600) holds both keys; the public file, the private path with
     `.pub` appended, goes to every kiosk as its `keys.central_public_key`. Its path is
-    printed as the last line.
+    printed as the last line. Existing keys are never overwritten: exit 2 without --force,
+    a rotation with it.
 
     \b
     Example:
       ektp-central --config central.toml keys init
     """
     path = ctx.config.central_private_key
+    if force and path.exists():
+        _rotate(path)
+        return
     try:
-        keys = create_central_keys(path, force=force)
+        keys = create_central_keys(path)
     except KeyFileError as exc:
-        fail(str(exc), EXIT_USAGE if isinstance(exc, FileExistsError) else EXIT_PROBLEM)
+        fail(
+            f"{exc}" if not isinstance(exc, FileExistsError) else f"{exc} (or `ektp-central keys rotate`)",
+            EXIT_USAGE if isinstance(exc, FileExistsError) else EXIT_PROBLEM,
+        )
     except OSError as exc:
         fail(f"cannot write the key pair at {path}: {exc.strerror}", EXIT_PROBLEM)
+    _print_pair(keys, path)
+
+
+@keys_group.command("rotate")
+@pass_ctx
+def keys_rotate(ctx: Context) -> None:
+    """Make a new key pair; the old one is kept beside it and still opens older packets.
+
+    The current private file moves aside as `<file>.retired-<UTC time>` (with its .pub) and
+    a new pair takes its place. Restart `ektp-central run`, then give every kiosk the new
+    .pub (printed last) as its `keys.central_public_key` and restart its service. Until a
+    kiosk has it, packets it sealed to the old key still open, and its acks are signed with
+    each key pair so it can verify one (docs/central.md, "Rotating the centre's keys").
+
+    \b
+    Example:
+      ektp-central --config central.toml keys rotate
+    """
+    _rotate(ctx.config.central_private_key)
+
+
+def _rotate(path: Path) -> None:
+    from central.keyring import retired_files, rotate
+
+    try:
+        keys, retired = rotate(path)
+    except KeyFileError as exc:
+        fail(f"cannot rotate the centre's keys: {exc}", EXIT_PROBLEM)
+    except OSError as exc:
+        fail(f"cannot rotate the centre's keys at {path}: {exc}", EXIT_PROBLEM)
+    click.echo(f"retired key pair: {retired} ({len(retired_files(path))} retired in all; keep them)")
+    _print_pair(keys, path)
+
+
+def _print_pair(keys: CentralPrivateKeys, path: Path) -> None:
     pub = keys.public()
     click.echo(f"encryption key {key_fingerprint(raw_public(pub.encryption))}")
     click.echo(f"signing key    {key_fingerprint(raw_public(pub.signing))}")

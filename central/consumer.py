@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,6 +43,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from central.config import CentralConfig
 from central.ingest import Claim, Ingestor
+from central.keyring import CentralKeyring, as_keyring
 from central.store import CentralStore, StoreError
 from wire.ack import AckResult, AckStatus, sign_ack
 from wire.chunk import Chunk, ChunkError, parse_chunk
@@ -76,10 +78,14 @@ class CentralConsumer:
     """Runs until ``stop()``; the store is opened and used only on the worker (calling) thread."""
 
     def __init__(
-        self, config: CentralConfig, keys: CentralPrivateKeys, open_store: Callable[[], CentralStore]
+        self,
+        config: CentralConfig,
+        keys: CentralPrivateKeys | CentralKeyring,
+        open_store: Callable[[], CentralStore],
     ) -> None:
         self.config = config
-        self.keys = keys
+        self.keys = as_keyring(keys)
+        self._on_current_key: set[str] = set()  # kiosks whose packets open with the current key
         self.open_store = open_store
         self.prefix = config.mqtt.topic_prefix
         self._incoming: queue.Queue[_Incoming] = queue.Queue()
@@ -250,10 +256,18 @@ class CentralConsumer:
         if acks is None:
             return  # stopping with the batch unstored: no ack, no PUBACK; the kiosks send it again
         for kiosk, ack_results in acks.items():
-            payload = sign_ack(kiosk, ack_results, self.keys.signing)
-            client.publish(f"{self.prefix}/{kiosk}/ack", payload, qos=1)
+            for signing in self._ack_signers(kiosk):
+                client.publish(f"{self.prefix}/{kiosk}/ack", sign_ack(kiosk, ack_results, signing), qos=1)
         for msg, _ in items:  # PUBACK only now: the batch is durable and acknowledged
             self._puback(msg)
+
+    def _ack_signers(self, kiosk: str) -> list[Ed25519PrivateKey]:
+        """The current signing key, or, after a rotation and until ``kiosk`` is seen using the new
+        ``.pub``, every key pair's (central.keyring: the kiosk acts on the ack it can verify)."""
+        generations = self.keys.generations
+        if len(generations) == 1 or kiosk in self._on_current_key:
+            return [generations[0].signing]
+        return [g.signing for g in generations]
 
     def _store_until_done(
         self, store: CentralStore, items: list[tuple[bytes, str]]
@@ -338,6 +352,8 @@ class CentralConsumer:
         results = []
         for (kiosk, chunk, _), result in zip(finals, ingested, strict=True):
             self.counts[result.status] += 1  # the ingest and the store log what is not stored
+            if result.generation == 0:
+                self._on_current_key.add(kiosk)
             results.append(AckResult(chunk.packet_id, chunk.sha256, AckStatus(result.status), result.reason))
             if not chunk.whole:
                 store.drop_partial(kiosk, chunk.packet_id, chunk.sha256)

@@ -35,6 +35,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal
 
+from central.keyring import CentralKeyring, as_keyring
 from central.kiosk_keys import KioskKey, candidates
 from central.store import SOURCES, CentralStore, StoreOutcome, check_source, conflict_reason
 from wire.keys import CentralPrivateKeys
@@ -42,7 +43,6 @@ from wire.packet import (
     MAX_BODY_BYTES,
     PacketError,
     PacketHeader,
-    open_body,
     open_packet,
     read_header,
     verify,
@@ -83,6 +83,7 @@ class IngestResult:
     reason: str  # "" when stored; for the rest, why (a rejection starts with its fault code)
     fault: str | None = None  # a PacketFault value, "unknown_kiosk", "too_large", "conflict" or None
     sha256: str = ""  # hex SHA-256 of the input bytes ("" when they could not be read)
+    generation: int | None = None  # which centre key pair opened the body (0 = current), when checked
 
     @property
     def acknowledged(self) -> bool:
@@ -97,19 +98,20 @@ class PacketNotStored(LookupError):
 class Ingestor:
     """Authenticate and store packets into a ``CentralStore``; one per consumer thread or command.
 
-    ``central_keys``: with them, a packet is stored only if its body opens with the
-    centre's encryption key (else rejected); without them that check is skipped.
+    ``central_keys``: with them (one pair, or the keyring of current and retired pairs), a
+    packet is stored only if its body opens with one of the centre's encryption keys (else
+    rejected); without them that check is skipped.
     """
 
     def __init__(
         self,
         store: CentralStore,
-        central_keys: CentralPrivateKeys | None = None,
+        central_keys: CentralPrivateKeys | CentralKeyring | None = None,
         *,
         crypto: Executor | None = None,
     ) -> None:
         self.store = store
-        self.central_keys = central_keys
+        self.central_keys = None if central_keys is None else as_keyring(central_keys)
         self.crypto = crypto  # runs the CPU-bound checks of a batch in parallel; None: one by one
 
     def ingest(self, data: bytes, source: str) -> IngestResult:
@@ -175,7 +177,16 @@ class Ingestor:
         if not keys:
             raise PacketNotStored(f"packet {packet_id}: kiosk {kiosk} is no longer registered")
         signer = _signer(data, candidates(keys, header.created_at)[0]) or keys[-1]
-        return open_packet(data, kiosk_public=signer.public_key, central_private=self.central_keys.encryption)
+        failure: PacketError | None = None
+        for generation in self.central_keys.generations:  # a packet sealed before a rotation: a retired key
+            try:
+                return open_packet(
+                    data, kiosk_public=signer.public_key, central_private=generation.encryption
+                )
+            except PacketError as exc:
+                failure = failure or exc
+        assert failure is not None
+        raise failure
 
     # ------------------------------------------------------------------ the checks
 
@@ -197,9 +208,13 @@ class Ingestor:
         )
         results: list[IngestResult | None] = [None] * len(items)
         verified: list[tuple[int, PacketHeader, bytes, str, str]] = []
-        for index, ((data, source), (checked, digest)) in enumerate(zip(items, checks, strict=True)):
+        generations: dict[int, int | None] = {}
+        for index, ((data, source), (checked, digest, generation)) in enumerate(
+            zip(items, checks, strict=True)
+        ):
             if isinstance(checked, PacketHeader):
                 verified.append((index, checked, data, source, digest))
+                generations[index] = generation
                 continue
             results[index] = checked
             if checked.status == "damaged" and source == "mqtt":
@@ -217,7 +232,7 @@ class Ingestor:
             digests=[digest for *_, digest in verified],
         )
         for (index, header, _, _, digest), outcome in zip(verified, outcomes, strict=True):
-            results[index] = _result(header, outcome, digest)
+            results[index] = _result(header, outcome, digest, generations[index])
         return [r for r in results if r is not None]
 
     def _look_up(
@@ -237,38 +252,45 @@ class Ingestor:
     def _authenticate(
         self,
         job: tuple[bytes, tuple[PacketHeader, list[KioskKey]] | PacketError | None, Claim | None],
-    ) -> tuple[PacketHeader | IngestResult, str]:
-        """(the authenticated header, or what became of the input instead; its hex SHA-256)."""
+    ) -> tuple[PacketHeader | IngestResult, str, int | None]:
+        """(the authenticated header, or what became of the input instead; its hex SHA-256; the
+        generation of the centre key that opened its body, None when not checked)."""
         data, looked_up, claim = job
         digest = hashlib.sha256(data).hexdigest()
         if claim is not None and digest != claim.sha256:
             reason = "damaged: the bytes do not match the SHA-256 their transfer announced"
-            return IngestResult(
-                claim.packet_id, claim.kiosk, None, "damaged", reason, "sha256_mismatch", digest
-            ), digest
+            return (
+                IngestResult(
+                    claim.packet_id, claim.kiosk, None, "damaged", reason, "sha256_mismatch", digest
+                ),
+                digest,
+                None,
+            )
         if looked_up is None:
             reason = f"too_large: {len(data)} bytes, over the {MAX_PACKET_BYTES}-byte cap of a packet"
-            return IngestResult(None, None, None, "rejected", reason, "too_large", digest), digest
+            return IngestResult(None, None, None, "rejected", reason, "too_large", digest), digest, None
         if isinstance(looked_up, PacketError):
             fault = looked_up.reason.value
             reason = f"damaged: {fault}: {looked_up}"
-            return IngestResult(
-                looked_up.packet_id, looked_up.kiosk_id, None, "damaged", reason, fault, digest
-            ), digest
+            return (
+                IngestResult(looked_up.packet_id, looked_up.kiosk_id, None, "damaged", reason, fault, digest),
+                digest,
+                None,
+            )
         header, kiosk_keys = looked_up
         if claim is not None and (header.kiosk_id, header.packet_id) != (claim.kiosk, claim.packet_id):
             reason = (
                 f"not_announced: packet {header.packet_id} of kiosk {header.kiosk_id} arrived as packet "
                 f"{claim.packet_id} on kiosk {claim.kiosk}'s topic"
             )
-            return _refused(header, "rejected", "not_announced", reason, digest), digest
+            return _refused(header, "rejected", "not_announced", reason, digest), digest, None
         if not kiosk_keys:
             reason = (
                 f"unknown_kiosk: kiosk {header.kiosk_id} is not registered: register it with "
                 f"`ektp-central kiosk add {header.kiosk_id} --public-key FILE`, "
                 "then `ektp-central quarantine retry --all`"
             )
-            return _refused(header, "rejected", "unknown_kiosk", reason, digest), digest
+            return _refused(header, "rejected", "unknown_kiosk", reason, digest), digest, None
         usable, revoked = candidates(kiosk_keys, header.created_at)
         if _signer(data, usable) is None:
             by_revoked = _signer(data, revoked)
@@ -278,20 +300,21 @@ class Ingestor:
                     f"{header.created_at}, is signed by key {by_revoked.fingerprint}, revoked since "
                     f"{by_revoked.revoked_since}"
                 )
-                return _refused(header, "rejected", "revoked_key", reason, digest), digest
+                return _refused(header, "rejected", "revoked_key", reason, digest), digest, None
             tried = ", ".join(k.fingerprint for k in usable) or "none valid then"
             reason = (
                 f"damaged: bad_signature: packet {header.packet_id}: the signature verifies with no key "
                 f"of kiosk {header.kiosk_id} (tried {tried}): damaged, or not made by this kiosk"
             )
-            return _refused(header, "damaged", "bad_signature", reason, digest), digest
+            return _refused(header, "damaged", "bad_signature", reason, digest), digest, None
+        generation = None
         if self.central_keys is not None:
             try:
-                open_body(data, header, self.central_keys.encryption)
+                _, generation = self.central_keys.open_body(data, header)
             except PacketError as exc:
                 fault = exc.reason.value
-                return _refused(header, "rejected", fault, f"{fault}: {exc}", digest), digest
-        return header, digest
+                return _refused(header, "rejected", fault, f"{fault}: {exc}", digest), digest, None
+        return header, digest, generation
 
 
 def _signer(data: bytes, keys: list[KioskKey]) -> KioskKey | None:
@@ -309,12 +332,21 @@ def _refused(header: PacketHeader, status: Status, fault: str, reason: str, dige
     return IngestResult(header.packet_id, header.kiosk_id, header.seq, status, reason, fault, digest)
 
 
-def _result(header: PacketHeader, outcome: StoreOutcome, digest: str) -> IngestResult:
+def _result(header: PacketHeader, outcome: StoreOutcome, digest: str, generation: int | None) -> IngestResult:
     if outcome is StoreOutcome.STORED:
-        return IngestResult(header.packet_id, header.kiosk_id, header.seq, "stored", "", None, digest)
+        return IngestResult(
+            header.packet_id, header.kiosk_id, header.seq, "stored", "", None, digest, generation
+        )
     if outcome is StoreOutcome.DUPLICATE:
         return IngestResult(
-            header.packet_id, header.kiosk_id, header.seq, "duplicate", "already stored", None, digest
+            header.packet_id,
+            header.kiosk_id,
+            header.seq,
+            "duplicate",
+            "already stored",
+            None,
+            digest,
+            generation,
         )
     reason = conflict_reason(header.kiosk_id, header.packet_id, header.seq)
     return IngestResult(header.packet_id, header.kiosk_id, header.seq, "conflict", reason, "conflict", digest)

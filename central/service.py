@@ -10,8 +10,8 @@ from types import FrameType
 
 from central.config import CentralConfig
 from central.consumer import CentralConsumer
+from central.keyring import load_keyring
 from central.store import open_store
-from wire.keys import load_central_private
 
 log = logging.getLogger("ektp.central")
 
@@ -19,7 +19,9 @@ log = logging.getLogger("ektp.central")
 def run_central(config: CentralConfig) -> int:
     """Consume until SIGTERM or SIGINT; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    keys = load_central_private(config.central_private_key)
+    keys = load_keyring(config.central_private_key)  # the current pair and the retired ones
+    if len(keys.generations) > 1:
+        log.info("%d retired centre key pairs: packets sealed to them still open", len(keys.generations) - 1)
     consumer = CentralConsumer(config, keys, lambda: open_store(config.store_url))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
