@@ -1,8 +1,19 @@
-"""The central store on SQLite: one file, WAL journal, synchronous=FULL (a commit survives power loss)."""
+"""The central store on SQLite: one file, WAL journal, synchronous=FULL (a commit survives power loss).
+
+The file holds the packets, the quarantine and the kiosks' keys, so only its owner may read it:
+it is created 0600 before SQLite opens it (SQLite would create it 0644 under the usual umask),
+and SQLite gives its -wal and -shm files the database's mode. In a setgid directory (the
+administrator's way to share files with a group, e.g. a backup agent) the files of that
+directory's group are 0640. An existing file with more access than that is tightened, with a
+warning, when this process may (it owns the file, or is root).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,6 +23,11 @@ from typing import Any
 from central.store import CentralStore, Cursor, Sql, StoreError, StoreUnavailable
 
 BUSY_TIMEOUT_S = 30.0  # another process (an import beside the consumer) may hold the write lock
+PRIVATE_MODE = 0o600
+GROUP_MODE = 0o640  # in a setgid directory, for the files of its group
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+log = logging.getLogger(__name__)
 
 
 class SqliteStore(CentralStore):
@@ -22,8 +38,11 @@ class SqliteStore(CentralStore):
         super().__init__(str(path))
         self.path = Path(path)
         try:
-            if str(path) != ":memory:":
+            if str(path) not in ("", ":memory:"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                create_private(self.path)
+                for suffix in ("", *SIDE_FILES):  # an older release, or a umask, left them open to others
+                    tighten(Path(f"{self.path}{suffix}"))
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit;
             # check_same_thread=False: callers may use the store from worker threads, one at a time (the lock)
             self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -105,3 +124,64 @@ class SqliteStore(CentralStore):
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"central store {self.path}: {exc}") from exc
             raise
+
+
+def allowed_mode(path: Path, st: os.stat_result | None = None) -> int:
+    """0640 for a file of a setgid directory's group (``st``: the file's stat), else 0600."""
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return PRIVATE_MODE
+    shared = parent.st_mode & stat.S_ISGID and (st is None or st.st_gid == parent.st_gid)
+    return GROUP_MODE if shared else PRIVATE_MODE
+
+
+def create_private(path: Path) -> None:
+    """Create the database file with its mode before SQLite does, whatever the umask; an existing
+    file is left to ``tighten``."""
+    mode = allowed_mode(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken away the owner's bits, too
+    finally:
+        os.close(fd)
+
+
+def tighten(path: Path) -> None:
+    """Take away from a store file what its allowed mode does not give; warn what was done, or
+    what to do when this process may not."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    allowed = allowed_mode(path, st)
+    if not stat.S_ISREG(st.st_mode) or not mode & ~allowed:  # not a file: SQLite will say so
+        return
+    if st.st_uid != os.geteuid() and os.geteuid() != 0:
+        log.warning(
+            "central store file %s is mode %04o, owned by uid %d: its owner should run chmod %04o %s",
+            path,
+            mode,
+            st.st_uid,
+            mode & allowed,
+            path,
+        )
+        return
+    try:
+        os.chmod(path, mode & allowed)
+    except OSError as exc:
+        log.warning(
+            "central store file %s is mode %04o and cannot be tightened: %s", path, mode, exc.strerror
+        )
+        return
+    log.warning(
+        "central store file %s was mode %04o; now %04o (for its owner only, or its group in a setgid"
+        " directory: it holds the packets, the quarantine and the kiosks' keys)",
+        path,
+        mode,
+        mode & allowed,
+    )
