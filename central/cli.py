@@ -91,6 +91,7 @@ def central_store(ctx: Context) -> Iterator[CentralStore]:
         store = open_store(ctx.config.store_url)
     except StoreError as exc:
         fail(str(exc), EXIT_PROBLEM)
+    store.quarantine_cap_bytes = ctx.config.quarantine_cap_bytes
     try:
         yield store
     except StoreError as exc:

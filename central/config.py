@@ -20,6 +20,8 @@ DEFAULT_STORE_URL = "/var/lib/ektp-central/central.db"
 DEFAULT_PRIVATE_KEY = Path("/var/lib/ektp-central/central.key")
 DEFAULT_INSTANCE = "main"
 DEFAULT_PARTIAL_EXPIRY_S = 7 * 24 * 3600.0  # a transfer idle this long is dropped (the kiosk starts it again)
+QUARANTINE_CAP_BYTES = 256 * 1024 * 1024  # per kiosk (central.store)
+MIN_QUARANTINE_CAP, MAX_QUARANTINE_CAP = 1024 * 1024, 1024**4
 MAX_CLIENT_ID = 64  # what any broker takes (MQTT 5 allows more; 3.1.1 servers need only take 23)
 MAX_SESSION_EXPIRY_S = 0xFFFF_FFFF  # MQTT 5's four-byte session expiry interval; paho's thread dies past it
 MAX_PARTIAL_EXPIRY_S = 36525 * 86400  # 100 years (some 2000 years would overflow the date arithmetic)
@@ -84,6 +86,7 @@ class CentralConfig:
     central_private_key: Path = DEFAULT_PRIVATE_KEY
     quarantine_dir: Path | None = None  # default: beside the SQLite store, or ./quarantine
     partial_expiry_s: float = DEFAULT_PARTIAL_EXPIRY_S
+    quarantine_cap_bytes: int = QUARANTINE_CAP_BYTES
     source: Path | None = None
 
 
@@ -176,6 +179,11 @@ _KEYS: dict[str, dict[str, _Key]] = {
             f"a number of seconds above 0 and at most {MAX_PARTIAL_EXPIRY_S} (100 years);"
             " default 604800, 7 days",
         ),
+        "quarantine_cap_bytes": _Key(
+            int,
+            lambda v: MIN_QUARANTINE_CAP <= v <= MAX_QUARANTINE_CAP,
+            f"bytes, {MIN_QUARANTINE_CAP} (1 MiB) to {MAX_QUARANTINE_CAP} (1 TiB); default {QUARANTINE_CAP_BYTES}",
+        ),
     },
     "keys": {"central_private_key": _Key(Path)},
 }
@@ -220,6 +228,7 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
         central_private_key=values.get("keys", {}).get("central_private_key", DEFAULT_PRIVATE_KEY),
         quarantine_dir=store.get("quarantine_dir"),
         partial_expiry_s=store.get("partial_expiry_s", DEFAULT_PARTIAL_EXPIRY_S),
+        quarantine_cap_bytes=store.get("quarantine_cap_bytes", QUARANTINE_CAP_BYTES),
         source=path,
     )
 

@@ -11,7 +11,7 @@ from types import FrameType
 from central.config import CentralConfig
 from central.consumer import CentralConsumer
 from central.keyring import load_keyring
-from central.store import open_store
+from central.store import CentralStore, open_store
 
 log = logging.getLogger("ektp.central")
 
@@ -22,7 +22,13 @@ def run_central(config: CentralConfig) -> int:
     keys = load_keyring(config.central_private_key)  # the current pair and the retired ones
     if len(keys.generations) > 1:
         log.info("%d retired centre key pairs: packets sealed to them still open", len(keys.generations) - 1)
-    consumer = CentralConsumer(config, keys, lambda: open_store(config.store_url))
+
+    def configured_store() -> CentralStore:
+        store = open_store(config.store_url)
+        store.quarantine_cap_bytes = config.quarantine_cap_bytes
+        return store
+
+    consumer = CentralConsumer(config, keys, configured_store)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

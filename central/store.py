@@ -60,7 +60,7 @@ STATUS_RANK = {"online": 0, "offline": 1}  # within one connection, online comes
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
 SHA256_HEX_LEN = 64
 # per kiosk named (and for inputs naming none); [store] quarantine_cap_bytes sets it
-QUARANTINE_CAP_BYTES = 256 * 1024 * 1024
+QUARANTINE_CAP_BYTES = 256 * 1024 * 1024  # the same default as central.config
 DROP_LOG_INTERVAL_S = 60.0  # a quarantine at its cap logs its drops at most this often per kiosk
 
 

@@ -57,3 +57,23 @@ def test_non_finite_numbers_in_health_are_refused_and_the_fleet_stays_json(
             store.record_health(KIOSK, {"queue": {"pending": math.inf}})
         with pytest.raises(StoreInputError, match="finite"):
             store.record_status(KIOSK, {"state": "online", "load": math.nan})
+
+
+@pytest.mark.parametrize("value", ["10", "-1", "2199023255552", '"big"'])
+def test_a_quarantine_cap_that_cannot_work_is_a_config_error(tmp_path: Path, value: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "central.toml"
+    config.write_text(f'[store]\nurl = "{tmp_path / "c.db"}"\nquarantine_cap_bytes = {value}\n')
+    env = {k: v for k, v in os.environ.items() if k != "EKTP_CENTRAL_CONFIG"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ektp-central"), "--config", str(config), "fleet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2 and "quarantine_cap_bytes" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
