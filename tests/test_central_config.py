@@ -146,7 +146,7 @@ BAD_VALUES = [
     ("[store]\npartial_expiry_s = true\n", "store.partial_expiry_s"),
     ('[keys]\ncentral_private_key = ""\n', "keys.central_private_key"),
     ('[keys]\ncentral_private_key = "k\\u0000"\n', "keys.central_private_key"),
-    ('[web]\nlisten = "0.0.0.0:80"\n', "web"),
+    ('[mqqt]\nhost = "typo"\n', "mqqt"),  # a misspelt section
 ]
 
 
