@@ -124,7 +124,7 @@ def _store_url(text: str) -> bool:
     if not text or "\x00" in text:
         return False
     scheme = URL_SCHEME_RE.match(text)
-    return scheme is None or scheme.group(1).lower() in ("postgresql", "postgres", "sqlite")
+    return scheme is None or scheme.group(1) in ("postgresql", "postgres", "sqlite")
 
 
 _RECONNECT = "whole seconds, 1-86400"
@@ -218,7 +218,7 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
     _check_combinations(mqtt, path)
     store = values.get("store", {})
     url = store.get("url", DEFAULT_STORE_URL)
-    if not url.lower().startswith(("postgresql://", "postgres://")):
+    if not url.startswith(("postgresql://", "postgres://")):
         url = url.removeprefix("sqlite://")
         if not Path(url).is_absolute():
             url = str(path.parent / url)

@@ -133,6 +133,7 @@ BAD_VALUES = [
     ('[mqtt]\nhots = "typo"\n', "mqtt.hots"),
     ('[store]\nurl = ""\n', "store.url"),
     ('[store]\nurl = "mysql://db/ektp"\n', "store.url"),
+    ('[store]\nurl = "POSTGRESQL://db/ektp"\n', "store.url"),  # the store would take it for a file name
     ('[store]\nurl = "central\\u0000.db"\n', "store.url"),
     ("[store]\nurl = 5\n", "store.url"),
     ("[store]\nquarantine_dir = 5\n", "store.quarantine_dir"),
