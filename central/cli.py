@@ -456,6 +456,7 @@ def run_cmd(ctx: Context) -> None:
     Example:
       ektp-central --config /etc/ektp-central/config.toml run
     """
+    from central.consumer import LinkSetupError
     from central.service import run_central
     from central.store import StoreError
 
@@ -463,6 +464,8 @@ def run_cmd(ctx: Context) -> None:
         code = run_central(ctx.config)
     except KeyFileError as exc:
         fail(f"{exc} ([keys] central_private_key in {ctx.path})", EXIT_USAGE)
+    except LinkSetupError as exc:
+        fail(f"{exc} (in {ctx.path})", EXIT_USAGE)
     except StoreError as exc:
         fail(str(exc), EXIT_PROBLEM)
     sys.exit(code)

@@ -74,6 +74,10 @@ class _Incoming:
     connection: int  # which connection of the client delivered it (packet ids are per connection)
 
 
+class LinkSetupError(ValueError):
+    """A file the broker connection needs cannot be used; the message names the config key."""
+
+
 class CentralConsumer:
     """Runs until ``stop()``; the store is opened and used only on the worker (calling) thread."""
 
@@ -99,8 +103,9 @@ class CentralConsumer:
         self._stop.set()
 
     def run(self) -> None:
-        store = self.open_store()
+        """:raises LinkSetupError: a TLS or password file cannot be used (before anything is opened)"""
         client = self._client()
+        store = self.open_store()
         self._crypto = ThreadPoolExecutor(CRYPTO_THREADS, thread_name_prefix="centre-crypto")
         try:
             m = self.config.mqtt
@@ -140,15 +145,28 @@ class CentralConsumer:
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.max_queued_messages_set(0)
         if m.tls:
-            client.tls_set(
-                ca_certs=str(m.ca_file) if m.ca_file else None,
-                certfile=str(m.cert_file) if m.cert_file else None,
-                keyfile=str(m.key_file) if m.key_file else None,
-            )
+            try:
+                client.tls_set(
+                    ca_certs=str(m.ca_file) if m.ca_file else None,
+                    certfile=str(m.cert_file) if m.cert_file else None,
+                    keyfile=str(m.key_file) if m.key_file else None,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise LinkSetupError(
+                    f"[mqtt] ca_file / cert_file / key_file: cannot use {m.ca_file}, {m.cert_file}, "
+                    f"{m.key_file}: {exc}; check the paths and that they are PEM files this user may read"
+                ) from None
         if m.username:
-            client.username_pw_set(
-                m.username, m.password_file.read_text().strip() if m.password_file else None
-            )
+            password = None
+            if m.password_file:
+                try:
+                    password = m.password_file.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise LinkSetupError(
+                        f"[mqtt] password_file {m.password_file}: cannot read it ({exc}); "
+                        "create it (one line, the password) readable by this user"
+                    ) from None
+            client.username_pw_set(m.username, password)
         shared = f"$share/{m.share_group}/{self.prefix}/+/enrollment"
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

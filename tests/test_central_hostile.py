@@ -77,3 +77,35 @@ def test_a_quarantine_cap_that_cannot_work_is_a_config_error(tmp_path: Path, val
     )
     assert done.returncode == 2 and "quarantine_cap_bytes" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "mqtt",
+    [
+        'tls = true\nca_file = "missing-ca.pem"\n',
+        'username = "centre"\npassword_file = "missing-password"\n',
+    ],
+)
+def test_run_with_a_missing_tls_or_password_file_is_a_config_error(tmp_path: Path, mqtt: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from wire.keys import create_central_keys
+
+    create_central_keys(tmp_path / "c.key")
+    config = tmp_path / "central.toml"
+    config.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = 9\n{mqtt}[store]\nurl = "{tmp_path / "c.db"}"\n'
+        f'[keys]\ncentral_private_key = "{tmp_path / "c.key"}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "EKTP_CENTRAL_CONFIG"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ektp-central"), "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert ("ca_file" in done.stderr) or ("password_file" in done.stderr)
