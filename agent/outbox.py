@@ -14,6 +14,8 @@ States and the only transitions the store performs::
                  +---- on open, every sent packet is resumed as pending
     pending | sent --mark_rejected--> rejected (kept with its reason, never freed)
     rejected --resubmit--> pending (an operator's decision: attempts kept, reason cleared)
+    damaged: only made by a salvage, for a body that fails the kiosk's own signature
+             check (kept for export, never sent, never left)
 
 Anything else (an unknown id, delivering a rejected packet, rejecting a delivered one,
 sending twice, resubmitting a packet that is not rejected) changes nothing: the batch
@@ -52,14 +54,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from agent.outbox_recovery import fsync_dir as _fsync_dir
-from agent.outbox_recovery import quarantine, salvage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.files import fsync_dir as _fsync_dir
+from agent.outbox_recovery import quarantine, salvage, signature_check
 from agent.outbox_schema import (
+    DAMAGED,
     DELIVERED,
     PENDING,
     REJECTED,
     SCHEMA_VERSION,
     SENT,
+    STATES,
     connect,
     create_schema,
     diagnose,
@@ -233,6 +239,7 @@ class OutboxStats:
     last_seq: int
     near_full: bool
     max_bytes: int
+    damaged: int = 0  # salvaged bodies that fail the kiosk's own signature check
 
 
 # ---------------------------------------------------------------------------- the outbox
@@ -248,12 +255,16 @@ class Outbox:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_page_count: int | None = None,
         repair: bool = True,
+        kiosk_keys: Sequence[Ed25519PublicKey] = (),
     ) -> None:
         """Open (creating, checking, resuming or salvaging) the store at path for writing.
 
         max_page_count caps the file in SQLite pages (tests use it to simulate a full disk).
         repair=False (a command writing while the service is down) neither creates, salvages
         nor adopts a salvage: recovery is the service's, under its own user.
+        kiosk_keys (the kiosk's current and retired public keys): a salvage checks each
+        body's signature with them and keeps one that fails as ``damaged``; without them a
+        salvage copies bodies unchecked.
         :raises OutboxError: the file was written by a newer schema.
         :raises StoreNotFound: repair=False and there is no file at path.
         :raises StoreCorrupt: repair=False and the file is damaged.
@@ -265,6 +276,7 @@ class Outbox:
         self._max_bytes = max_bytes
         self._readonly = False
         self._lock = threading.Lock()
+        self._kiosk_keys = tuple(kiosk_keys)
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = self._open_writer(max_page_count, repair)
@@ -283,6 +295,7 @@ class Outbox:
         self._max_bytes = max_bytes
         self._readonly = True
         self._lock = threading.Lock()
+        self._kiosk_keys = ()
         self._conn = None
         if not self._path.exists():
             raise StoreNotFound(errno.ENOENT, f"no outbox at {self._path}", str(self._path))
@@ -501,11 +514,11 @@ class Outbox:
         return None if row is None else QueuedPacket(*row)
 
     def undelivered(self) -> list[QueuedPacket]:
-        """Metadata of every held packet (pending, sent, rejected) in seq order; never a body."""
+        """Metadata of every held packet (pending, sent, rejected, damaged) in seq order; never a body."""
         rows = self._read(
             lambda c: c.execute(
                 "SELECT packet_id, seq, created_at, state, bytes, attempts, reason FROM packets"
-                " WHERE state IN ('pending', 'sent', 'rejected') ORDER BY seq"
+                " WHERE state IN ('pending', 'sent', 'rejected', 'damaged') ORDER BY seq"
             ).fetchall()
         )
         return [QueuedPacket(*row) for row in rows]
@@ -524,7 +537,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         """Counts, bytes and the oldest undelivered age, from the running totals (O(1))."""
 
-        def query(c: sqlite3.Connection) -> tuple[Sequence[int], str | None]:
+        def query(c: sqlite3.Connection) -> tuple[tuple[int, ...], str | None]:
             c.execute("BEGIN")  # one snapshot for both statements
             try:
                 totals = c.execute(
@@ -534,11 +547,14 @@ class Outbox:
                     "SELECT committed_at FROM packets INDEXED BY packets_awaiting"
                     " WHERE state IN ('pending', 'sent') ORDER BY seq LIMIT 1"
                 ).fetchone()
+                (damaged,) = c.execute(
+                    "SELECT count(*) FROM packets INDEXED BY packets_state_seq WHERE state = ?", (DAMAGED,)
+                ).fetchone()
             finally:
                 c.execute("COMMIT")
-            return totals, None if oldest is None else str(oldest[0])
+            return (*totals, damaged), None if oldest is None else str(oldest[0])
 
-        (last_seq, pending, sent, delivered, rejected, held), oldest_at = self._read(query)
+        (last_seq, pending, sent, delivered, rejected, held, damaged), oldest_at = self._read(query)
         return OutboxStats(
             pending=pending,
             sent=sent,
@@ -550,6 +566,7 @@ class Outbox:
             last_seq=last_seq,
             near_full=held > self._max_bytes * NEAR_FULL_RATIO,
             max_bytes=self._max_bytes,
+            damaged=damaged,
         )
 
     @property
@@ -636,7 +653,8 @@ class Outbox:
         conn = connect(staging)
         try:
             create_schema(conn)
-            report = salvage(self._path, problem, conn)
+            check = signature_check(self._kiosk_keys) if self._kiosk_keys else None
+            report = salvage(self._path, problem, conn, check)
         finally:
             conn.close()  # checkpoints: the staging copy is one self-contained file
         moved = quarantine(self._path)
@@ -644,17 +662,24 @@ class Outbox:
         _fsync_dir(self._path.parent)
         conn = connect(self._path)
         lost = f"{report.lost} unreadable" + (f" (seqs {report.lost_seqs})" if report.lost else "")
+        damaged = (
+            f"; {report.damaged} failed the kiosk's own signature check (seqs {report.damaged_seqs}) and"
+            " are kept as damaged, never sent (`ektp-agent export --include-damaged`)"
+            if report.damaged
+            else ""
+        )
         log.critical(
             "outbox %s failed its integrity check (%s): moved aside to %s (with its -wal/-shm) and "
-            "salvaged %d packets into a fresh store (%d still to deliver, %d delivered audit rows); %s; "
+            "salvaged %d packets into a fresh store (%d still to deliver, %d delivered audit rows); %s%s; "
             "seq continues after %d. Keep the damaged file for the technician.",
             self._path,
             problem,
             moved,
             report.salvaged,
-            report.salvaged_held,
+            report.salvaged_held - report.damaged,
             report.salvaged - report.salvaged_held,
             lost,
+            damaged,
             report.highest_seq,
         )
         return conn
@@ -714,7 +739,7 @@ class Outbox:
                                 states,
                             )
                         ]
-                    delta = {PENDING: 0, SENT: 0, DELIVERED: 0, REJECTED: 0}
+                    delta = dict.fromkeys(STATES, 0)
                     freed = 0
                     for chunk in _chunks(ids, ID_CHUNK):
                         marks = ",".join("?" * len(chunk))

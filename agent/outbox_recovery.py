@@ -3,6 +3,12 @@
 Nothing here deletes anything: the damaged file is opened read-only and its packets
 are copied row by row into a fresh store, skipping rows SQLite cannot read; then it is
 renamed (with its -wal and -shm) to ``<name>.corrupt-YYYYMMDDTHHMMSSZ``.
+
+A body that SQLite can read may still be damaged (a flipped bit inside a page). When the
+kiosk's public keys are given, each salvaged body must verify with one of them (its own
+signature) and name the row's packet id and seq; one that does not is copied as
+``damaged``, with what is wrong as its reason: kept for export, never sent, so the centre
+never sees the kiosk's own damage as tampering in transit.
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.files import fsync_dir
 from agent.outbox_schema import (
+    DAMAGED,
     DELIVERED,
     HELD_STATES,
     PENDING,
@@ -25,6 +35,10 @@ from agent.outbox_schema import (
     log,
     write_transaction,
 )
+from wire.packet import PacketError, PacketFault, verify
+
+# (seq, packet_id, body) -> None when the body is the kiosk's own sound packet, else what is wrong
+BodyCheck = Callable[[int, str, bytes], str | None]
 
 SALVAGE_BATCH = 64  # rows copied per transaction of the fresh store
 LOST_SEQS_LOGGED = 50
@@ -44,11 +58,42 @@ class SalvageReport:
     highest_seq: int = 0
     lost: int = 0
     lost_seqs: list[int] = field(default_factory=list)  # the first LOST_SEQS_LOGGED of them
+    damaged: int = 0
+    damaged_seqs: list[int] = field(default_factory=list)  # the first LOST_SEQS_LOGGED of them
 
     def note_lost(self, seq: int) -> None:
         self.lost += 1
         if len(self.lost_seqs) < LOST_SEQS_LOGGED:
             self.lost_seqs.append(seq)
+
+    def note_damaged(self, seq: int) -> None:
+        self.damaged += 1
+        if len(self.damaged_seqs) < LOST_SEQS_LOGGED:
+            self.damaged_seqs.append(seq)
+
+
+def signature_check(kiosk_keys: Sequence[Ed25519PublicKey]) -> BodyCheck:
+    """A body check: the packet verifies with one of the kiosk's keys and is the row's own."""
+
+    def check(seq: int, packet_id: str, data: bytes) -> str | None:
+        problem = "no kiosk key to check it with"
+        for key in kiosk_keys:
+            try:
+                header = verify(data, key)
+            except PacketError as exc:
+                problem = str(exc)
+                if exc.reason is not PacketFault.BAD_SIGNATURE:
+                    break  # the header itself is unreadable: no other key helps
+                continue
+            if (header.packet_id, header.seq) != (packet_id, seq):
+                return (
+                    f"the stored bytes are packet {header.packet_id} seq {header.seq}, not this row's "
+                    f"{packet_id} seq {seq}"
+                )
+            return None
+        return problem
+
+    return check
 
 
 def quarantine(path: Path) -> Path:
@@ -68,8 +113,13 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-def salvage(source: Path, problem: str, dest: sqlite3.Connection) -> SalvageReport:
-    """Copy every readable packet of source (opened read-only) into dest, an empty outbox."""
+def salvage(
+    source: Path, problem: str, dest: sqlite3.Connection, check: BodyCheck | None = None
+) -> SalvageReport:
+    """Copy every readable packet of source (opened read-only) into dest, an empty outbox.
+
+    With ``check``, a held body it finds fault with is copied in state ``damaged``.
+    """
     report = SalvageReport(problem=problem)
     try:
         src = connect(source, readonly=True)
@@ -79,7 +129,7 @@ def salvage(source: Path, problem: str, dest: sqlite3.Connection) -> SalvageRepo
     try:
         highest = _highest_seq(src)
         report.highest_seq = highest
-        rows = _readable_rows(src, highest, report)
+        rows = _readable_rows(src, highest, report, check)
         while True:
             chunk = list(itertools.islice(rows, SALVAGE_BATCH))
             if not chunk:
@@ -123,7 +173,7 @@ def _highest_seq(src: sqlite3.Connection) -> int:
 
 
 def _readable_rows(
-    src: sqlite3.Connection, highest: int, report: SalvageReport
+    src: sqlite3.Connection, highest: int, report: SalvageReport, check: BodyCheck | None
 ) -> Iterator[tuple[int, tuple[object, ...], bytes | None]]:
     """Yield (seq, metadata, body or None) for every row readable by point lookup, 1..highest."""
     for seq in range(1, highest + 1):
@@ -150,13 +200,12 @@ def _readable_rows(
             continue
         if state == SENT:  # resumed like any interrupted send
             meta = (*meta[:3], PENDING, *meta[4:])
+        fault = check(seq, str(meta[0]), row[0]) if check is not None and state != DAMAGED else None
+        if fault is not None:
+            # packet_id .. attempts kept; the reason says what is wrong (the last column)
+            meta = (*meta[:3], DAMAGED, *meta[4:9], f"damaged on the kiosk: {fault}")
+            report.note_damaged(seq)
         yield seq, tuple(meta), row[0]
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames in directory durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["BodyCheck", "SalvageReport", "fsync_dir", "quarantine", "salvage", "signature_check"]

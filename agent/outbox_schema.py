@@ -7,6 +7,7 @@ Tables (all STRICT)::
     packets   one row per packet ever committed, kept forever as the audit row:
               seq (INTEGER PRIMARY KEY), packet_id (unique), created_at, committed_at,
               state, bytes, attempts, sent_at, delivered_at, rejected_at, reason
+              (the centre's reason for a rejected packet, what is wrong with a damaged one)
     bodies    seq -> data BLOB, only while the packet is not delivered
 
 Bodies live in their own table so that scanning metadata never reads a blob page.
@@ -28,13 +29,18 @@ SCHEMA_VERSION = 1
 PAGE_SIZE = 4096
 BUSY_TIMEOUT_S = 5.0
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # WAL file truncated to this after a checkpoint
+SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reads back for FULL
 
 PENDING = "pending"
 SENT = "sent"
 DELIVERED = "delivered"
 REJECTED = "rejected"
-STATES = (PENDING, SENT, DELIVERED, REJECTED)
-HELD_STATES = (PENDING, SENT, REJECTED)  # body kept; counted against max_bytes
+# Salvaged from a damaged file but failing the kiosk's own signature check: kept for export,
+# never sent. Counted from the rows (the state index), not in counters: it only ever comes
+# out of a salvage.
+DAMAGED = "damaged"
+STATES = (PENDING, SENT, DELIVERED, REJECTED, DAMAGED)
+HELD_STATES = (PENDING, SENT, REJECTED, DAMAGED)  # body kept; counted against max_bytes
 AWAITING_STATES = (PENDING, SENT)  # still to be delivered
 
 TABLES = ("counters", "packets", "bodies")
@@ -53,9 +59,29 @@ def connect(path: Path, *, readonly: bool = False, immutable: bool = False) -> s
     )
 
 
+class PragmaNotApplied(sqlite3.OperationalError):
+    """SQLite did not take a durability setting the outbox's promises rest on."""
+
+
 def set_writer_pragmas(conn: sqlite3.Connection, max_page_count: int | None) -> None:
-    """Durability and housekeeping settings of the one writer connection."""
+    """Durability and housekeeping settings of the one writer connection, read back.
+
+    A receipt promises that its packet survives a power cut: that needs WAL with
+    synchronous=FULL. SQLite answers a pragma it cannot apply by keeping the old value
+    (WAL is refused on a file system without shared memory, an in-memory database,
+    a -wal file that cannot be created), so both are read back.
+    :raises PragmaNotApplied: journal_mode is not wal or synchronous is not FULL
+    """
+    mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
     conn.execute("PRAGMA synchronous=FULL")
+    sync = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+    if mode != "wal" or sync != SYNCHRONOUS_FULL:
+        raise PragmaNotApplied(
+            f"SQLite did not take the outbox's durability settings (journal_mode={mode}, expected wal;"
+            f" synchronous={sync}, expected {SYNCHRONOUS_FULL} = FULL): receipts could not survive a"
+            " power cut, so the outbox is not opened for writing. Keep the data dir on a local file"
+            " system (ext4 on the SD card), writable by the service user"
+        )
     # Debian's SQLite is built with SECURE_DELETE: freeing a delivered body would overwrite all
     # its pages with zeros, a second full write of every packet. The bodies are ciphertext for
     # the centre's key; FAST still zeroes what costs no extra I/O.

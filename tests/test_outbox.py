@@ -29,6 +29,7 @@ from agent.outbox import (
     StoreNotFound,
     StoreReadOnly,
 )
+from agent.outbox_schema import PragmaNotApplied, set_writer_pragmas
 from tests.outbox_child import FakePacket, key_from_hex, seal, verify
 
 KEY = key_from_hex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
@@ -701,3 +702,28 @@ def test_a_missing_body_is_parked_as_rejected_and_the_drain_goes_on(outbox: Outb
     info = outbox.info(receipts[1].packet_id)
     assert info is not None and info.state == "rejected" and "missing" in (info.reason or "")
     assert [p.seq for p in outbox.next_batch(0, 10)] == [p.seq for p in batch]
+
+
+# ---------------------------------------------------------------- the writer's durability settings
+
+
+def test_writer_pragmas_are_read_back_and_refused_when_they_do_not_take() -> None:
+    memory = sqlite3.connect(":memory:", isolation_level=None)  # SQLite keeps "memory": no WAL there
+    try:
+        with pytest.raises(PragmaNotApplied, match=r"journal_mode=memory, expected wal"):
+            set_writer_pragmas(memory, None)
+    finally:
+        memory.close()
+
+
+def test_a_store_switched_out_of_wal_is_put_back_in_wal_with_full_sync(db: Path) -> None:
+    with Outbox(db) as ob:
+        (r,) = _commit(ob, 1)
+    with sqlite3.connect(db) as raw:  # e.g. a technician's sqlite3 session
+        assert raw.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    with Outbox(db) as ob:
+        conn = ob._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert ob.get(r.packet_id) is not None
