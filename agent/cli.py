@@ -7,6 +7,7 @@ what to do); 2 usage or config error; 3 the service is not running and the comma
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -14,15 +15,8 @@ from typing import Any, NoReturn
 import click
 
 from agent import __version__
-from agent.config import AgentConfig, ConfigError, as_dict, config_path, load_config
-from wire.keys import (
-    KeyFileError,
-    create_kiosk_key,
-    key_fingerprint,
-    load_kiosk_private,
-    public_path,
-    raw_public,
-)
+from agent.config import AgentConfig, ConfigError, as_dict, check_environment, config_path, load_config
+from wire.keys import KeyFileError, key_fingerprint, load_kiosk_private, public_path, raw_public
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -91,6 +85,9 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
       ektp-agent --config /etc/ektp-agent/config.toml config check
       ektp-agent keys init
     """
+    # Whatever the caller's umask: every file the kiosk makes (state, keys, exports, the
+    # simulator's) is private. The API socket is opened up to its group explicitly.
+    os.umask(0o077)
     ctx.obj = Context(config_arg)
 
 
@@ -108,11 +105,19 @@ def config_group() -> None:
 def config_check(ctx: Context, as_json: bool) -> None:
     """Validate the config file; exit 2 naming the key and the reason on error.
 
+    Beyond each value: the MQTT files it names exist, reconnect_min_s is at most
+    reconnect_max_s, and an explicit store.max_bytes fits the disk that holds the store.
+    `run` makes the same checks before it starts.
+
     \b
     Example:
       ektp-agent --config ./agent.toml config check
     """
     config = ctx.config
+    try:
+        check_environment(config)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     if as_json:
         emit_json({"ok": True, "path": str(ctx.path) if config.source else None, "config": as_dict(config)})
         return
@@ -131,34 +136,93 @@ def config_check(ctx: Context, as_json: bool) -> None:
 
 @main.group("keys")
 def keys_group() -> None:
-    """Create or show the kiosk's signing key pair."""
+    """Create, rotate or show the kiosk's signing key pair."""
 
 
 @keys_group.command("init")
 @click.option(
-    "--force", is_flag=True, help="Replace an existing key pair (the centre must then re-register it)."
+    "--force",
+    is_flag=True,
+    help="Replace an existing key pair; the old one is moved aside, never destroyed.",
 )
 @pass_ctx
 def keys_init(ctx: Context, force: bool) -> None:
-    """Create the kiosk's Ed25519 signing key pair (private file mode 0600).
+    """Create the kiosk's Ed25519 signing key pair (both files mode 0600).
 
     Prints the public key file's path as the last line: register it at the centre with
-    `ektp-central kiosk add KIOSK_ID --public-key FILE`.
+    `ektp-central kiosk add KIOSK_ID --public-key FILE`. With --force an existing pair is
+    first moved aside as with `keys rotate`.
 
     \b
     Example:
       ektp-agent keys init
     """
+    new = _write_key(ctx, force=force)
+    click.echo(f"kiosk {ctx.config.kiosk.id}: key {key_fingerprint(raw_public(new.key.public_key()))}")
+    if new.retired_private_file is not None:
+        click.echo(f"old key moved aside: {new.retired_private_file}")
+    click.echo(f"private key: {new.private_file}")
+    click.echo(str(new.public_file))
+
+
+@keys_group.command("rotate")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def keys_rotate(ctx: Context, as_json: bool) -> None:
+    """Make a new signing key; keep the old one moved aside (0600, named with the time).
+
+    Prints the new public key and the centre command that registers it beside the old
+    one (`ektp-central kiosk key add ID --public-key FILE --from TIME`), so that packets
+    signed with either still verify there; the public key file's path is the last line.
+    The running service signs with the old key until it restarts.
+
+    \b
+    Example:
+      ektp-agent keys rotate
+      systemctl restart ektp-agent
+    """
+    new = _write_key(ctx, rotate=True)
+    kiosk_id = ctx.config.kiosk.id
+    fingerprint = key_fingerprint(raw_public(new.key.public_key()))
+    pem = new.public_file.read_text()
+    command = f"ektp-central kiosk key add {kiosk_id} --public-key {kiosk_id}.key.pub --from {new.made_at}"
+    if as_json:
+        emit_json(
+            {
+                "kiosk_id": kiosk_id,
+                "fingerprint": fingerprint,
+                "private_key_file": str(new.private_file),
+                "public_key_file": str(new.public_file),
+                "public_key_pem": pem,
+                "valid_from": new.made_at,
+                "retired_private_key_file": str(new.retired_private_file),
+                "retired_public_key_file": str(new.retired_public_file) if new.retired_public_file else None,
+                "centre_command": command,
+            }
+        )
+        return
+    click.echo(f"kiosk {kiosk_id}: new key {fingerprint}")
+    click.echo(f"old key moved aside: {new.retired_private_file} (keep it)")
+    click.echo(pem.rstrip())
+    click.echo(f"register it at the centre (copy {new.public_file} there as {kiosk_id}.key.pub):")
+    click.echo(f"  {command}")
+    click.echo("then restart the service so that it signs with the new key: systemctl restart ektp-agent")
+    click.echo(str(new.public_file))
+
+
+def _write_key(ctx: Context, *, force: bool = False, rotate: bool = False) -> Any:
+    """keys init / rotate, their failures as one line each."""
+    from agent import kiosk_keys
+
     path = ctx.config.kiosk_private_key
     try:
-        key = create_kiosk_key(path, force=force)
+        return kiosk_keys.rotate(path) if rotate else kiosk_keys.create(path, force=force)
     except KeyFileError as exc:
         fail(str(exc), EXIT_USAGE if isinstance(exc, FileExistsError) else EXIT_PROBLEM)
+    except PermissionError:
+        raise  # the group's one line
     except OSError as exc:
         fail(f"cannot write the key pair at {path}: {exc.strerror}", EXIT_PROBLEM)
-    click.echo(f"kiosk {ctx.config.kiosk.id}: key {key_fingerprint(raw_public(key.public_key()))}")
-    click.echo(f"private key: {path}")
-    click.echo(str(public_path(path)))
 
 
 @keys_group.command("show")
@@ -200,3 +264,4 @@ __all__ = ["EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "Context
 
 # The kiosk commands register themselves on ``main``; imported last, once ``main`` exists.
 from agent import cli_kiosk as _kiosk_commands  # noqa: E402, F401
+from agent import cli_outbox as _outbox_commands  # noqa: E402, F401

@@ -1,10 +1,9 @@
-"""The kiosk commands of `ektp-agent`: run, status, diag, queue, sync, enroll, export, resubmit.
+"""The kiosk commands of `ektp-agent`: run, status, diag, queue, sync, enroll
+(export and resubmit: :mod:`agent.cli_outbox`).
 
-`status`, `diag`, `queue` and `export` work with the service down (they read the outbox
+`status`, `diag` and `queue` work with the service down (they read the outbox
 read-only and probe free peripherals directly), because that is when a technician
 needs them; `sync` and `enroll` need the running service (exit 3 without it).
-`resubmit` goes through the service when it runs (the service is the outbox's only
-writer then) and writes the outbox itself when it does not.
 
 Packets the centre rejected are a problem until a technician resubmits them: `status`,
 `queue` and `sync` exit 1 and say so while there are any.
@@ -20,7 +19,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from agent.cli import (
     main,
     pass_ctx,
 )
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError, check_environment
 from agent.devices import DEVICE_NAMES, SELF_TEST_TIMEOUT_S, as_configured, build_drivers
 from agent.health import HealthReporter
 from agent.outbox import Outbox, OutboxError, StoreNotFound
@@ -50,6 +48,11 @@ from wire.keys import KeyFileError
 
 STATE_STYLE = {"ok": "green", "degraded": "yellow", "fault": "bold red", "absent": "red"}
 SYNC_POLL_S = 0.5
+# How long each command waits for the service's answer before saying it does not answer.
+STATUS_TIMEOUT_S = 20.0
+QUEUE_TIMEOUT_S = 30.0
+SYNC_TIMEOUT_S = 30.0
+DIAG_TIMEOUT_S = 60.0  # a self-test of every device, each bounded by SELF_TEST_TIMEOUT_S
 
 
 def _console() -> Console:
@@ -114,6 +117,16 @@ def _offline_queue(config: AgentConfig) -> tuple[dict[str, Any], dict[str, Any]]
         outbox.close()
 
 
+def damage_problem(count: int) -> str:
+    """What to tell the technician while packets found damaged on this kiosk wait in its store."""
+    were = "packet was" if count == 1 else "packets were"
+    return (
+        f"{count} {were} found damaged on this kiosk when its store was salvaged (they fail the "
+        "kiosk's own signature check) and are never sent; take them to the centre for review with "
+        "`ektp-agent export --to DIR --include-damaged` (docs/troubleshooting.md)"
+    )
+
+
 def rejection_problem(count: int, reason: str | None) -> str:
     """What to tell the technician while packets the centre rejected wait on the kiosk."""
     were = "packet was" if count == 1 else "packets were"
@@ -168,19 +181,26 @@ def run_cmd(ctx: Context, simulate: bool) -> None:
       ektp-agent --config /etc/ektp-agent/config.toml run
       ektp-agent --config ./agent.toml run --simulate
     """
-    from agent.service import Service
+    from agent.service import Service, StartError
     from agent.simulator import SimulatorError
 
     config = ctx.config
+    try:
+        check_environment(config)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     _setup_logging()
     try:
         code = asyncio.run(Service(config, simulate=simulate).run())
     except KeyFileError as exc:
         fail(f"{exc} (keys.kiosk_private_key / keys.central_public_key in {ctx.path})", EXIT_USAGE)
-    except ApiError as exc:
+    except (ApiError, OutboxError, SimulatorError, StartError) as exc:
         fail(str(exc), EXIT_PROBLEM)
-    except (OutboxError, SimulatorError) as exc:
-        fail(str(exc), EXIT_PROBLEM)
+    except PermissionError:
+        raise  # the group's one line: run as root or as a member of the ektp group
+    except OSError as exc:
+        what = f"{exc.filename}: " if exc.filename else ""
+        fail(f"cannot start: {what}{exc.strerror or exc}", EXIT_PROBLEM)
     sys.exit(code)
 
 
@@ -193,8 +213,9 @@ def run_cmd(ctx: Context, simulate: bool) -> None:
 def status_cmd(ctx: Context, as_json: bool) -> None:
     """Service state, each peripheral, backlog, link, disk (works with the service down).
 
-    Exit 1 when a peripheral is in fault, the store is near full or was salvaged, or
-    packets the centre rejected wait on the kiosk (`ektp-agent resubmit`).
+    Exit 1 when a peripheral is in fault, the store is near full or was salvaged, packets
+    the centre rejected wait on the kiosk (`ektp-agent resubmit`), or packets were found
+    damaged on the kiosk.
 
     \b
     Example:
@@ -202,7 +223,7 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        doc = call(config.api_socket, "status", timeout=20)[0]
+        doc = call(config.api_socket, "status", timeout=STATUS_TIMEOUT_S)[0]
     except ServiceNotRunning:
         probed = probe_devices(config)
         reporter = HealthReporter(
@@ -236,12 +257,16 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
     rejected = doc.setdefault(
         "rejected", {"count": doc["queue"].get("rejected"), "reason": None, "packet_ids": []}
     )
+    told = []  # the problems that need words beyond the document
     if rejected["count"]:
-        problems.append(rejection_problem(rejected["count"], rejected["reason"]))
+        told.append(rejection_problem(rejected["count"], rejected["reason"]))
+    if doc["queue"].get("damaged"):
+        told.append(damage_problem(doc["queue"]["damaged"]))
+    problems += told
     if as_json:
         emit_json(doc)
-        if rejected["count"]:
-            click.echo(f"ektp-agent: {problems[-1]}", err=True)
+        for problem in told:
+            click.echo(f"ektp-agent: {problem}", err=True)
     else:
         _print_status(doc)
     sys.exit(EXIT_PROBLEM if problems else EXIT_OK)
@@ -266,6 +291,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     rejected = doc.get("rejected", {})
     if rejected.get("count"):
         con.print(f"[bold red]{rejection_problem(rejected['count'], rejected.get('reason'))}[/]")
+    if q.get("damaged"):
+        con.print(f"[bold red]{damage_problem(q['damaged'])}[/]")
     con.print(
         f"link: {'connected' if link.get('connected') else 'not connected'} {link.get('last_error') or link.get('detail') or ''}"
     )
@@ -301,7 +328,7 @@ def diag_cmd(ctx: Context, devices: tuple[str, ...], as_json: bool) -> None:
     try:
         results = [
             SelfTestResult(**_result_args(d["diag"]))
-            for d in call(config.api_socket, "diag", devices=names, timeout=60)
+            for d in call(config.api_socket, "diag", devices=names, timeout=DIAG_TIMEOUT_S)
         ]
         service = "running"
     except ServiceNotRunning:
@@ -345,9 +372,10 @@ def _result_args(d: dict[str, Any]) -> dict[str, Any]:
 def queue_cmd(ctx: Context, as_json: bool) -> None:
     """The undelivered packets (never their content): id, seq, created, state, bytes, attempts.
 
-    State is pending, sent (to the broker, not yet acknowledged) or rejected (by the
-    centre, with its reason; not sent again until `ektp-agent resubmit`). Exit 1 while
-    there are rejected packets.
+    State is pending, sent (to the broker, not yet acknowledged), rejected (by the
+    centre, with its reason; not sent again until `ektp-agent resubmit`) or damaged (found
+    damaged on this kiosk by a salvage; never sent). Exit 1 while there are rejected or
+    damaged packets.
 
     \b
     Example:
@@ -355,7 +383,7 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        rows = call(config.api_socket, "queue")[0]["queue"]
+        rows = call(config.api_socket, "queue", timeout=QUEUE_TIMEOUT_S)[0]["queue"]
     except ServiceNotRunning:
         try:
             outbox = Outbox.open_readonly(config.outbox_path, max_bytes=config.store.max_bytes)
@@ -370,12 +398,16 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
                 rows = [_queue_row(r) for r in outbox.undelivered()]
             finally:
                 outbox.close()
+    except ApiError as exc:
+        fail(str(exc), EXIT_PROBLEM)
     rejected = [r for r in rows if r["state"] == "rejected"]
-    problem = rejection_problem(len(rejected), rejected[0].get("reason")) if rejected else None
+    damaged = sum(1 for r in rows if r["state"] == "damaged")
+    problems = [rejection_problem(len(rejected), rejected[0].get("reason"))] if rejected else []
+    if damaged:
+        problems.append(damage_problem(damaged))
     if as_json:
         emit_json(rows)
-        if problem:
-            fail(problem, EXIT_PROBLEM)
+        _fail_with(problems)
         return
     table = Table("seq", "packet id", "created", "state", "bytes", "attempts", box=None)
     for r in rows:
@@ -392,13 +424,21 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
     con.print(
         f"{len(rows)} undelivered packet(s)"
         + (
-            f": {len(rows) - len(rejected)} to send, {len(rejected)} rejected by the centre"
-            if rejected
+            f": {len(rows) - len(rejected) - damaged} to send, {len(rejected)} rejected by the centre"
+            if rejected or damaged
             else ""
         )
+        + (f", {damaged} damaged on this kiosk" if damaged else "")
     )
-    if problem:
-        fail(problem, EXIT_PROBLEM)
+    _fail_with(problems)
+
+
+def _fail_with(problems: list[str]) -> None:
+    """Exit 1 naming every problem (the last through fail); nothing when there is none."""
+    for problem in problems[:-1]:
+        click.echo(f"ektp-agent: {problem}", err=True)
+    if problems:
+        fail(problems[-1], EXIT_PROBLEM)
 
 
 # ----------------------------------------------------------------------------- sync
@@ -417,8 +457,9 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
     """Ask the service to sync now; with --wait, wait until the backlog is delivered.
 
     Exit 1 at the timeout, and while packets the centre rejected wait on the kiosk: they
-    are not sent again until `ektp-agent resubmit` (the message gives the centre's reason).
-    Exit 3 when the service is not running.
+    are not sent again until `ektp-agent resubmit` (the message gives the centre's reason),
+    or while packets found damaged on the kiosk wait there. Exit 3 when the service is not
+    running.
 
     \b
     Examples:
@@ -427,7 +468,7 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        last = call(config.api_socket, "sync")[0]
+        last = call(config.api_socket, "sync", timeout=SYNC_TIMEOUT_S)[0]
     except ServiceNotRunning as exc:
         fail(f"{exc}; start it with `systemctl start ektp-agent` (or `ektp-agent run`)", EXIT_NOT_RUNNING)
     except ApiError as exc:
@@ -455,7 +496,7 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
                     break
                 time.sleep(SYNC_POLL_S)
                 try:
-                    last = call(config.api_socket, "sync")[0]
+                    last = call(config.api_socket, "sync", timeout=SYNC_TIMEOUT_S)[0]
                 except ServiceNotRunning:
                     fail("the service stopped while waiting for the sync", EXIT_NOT_RUNNING)
                 except ApiError as exc:
@@ -469,12 +510,16 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
         )
     if rejected:
         problems.append(rejection_problem(rejected, last.get("rejected_reason")))
+    damaged = int(last.get("damaged") or 0)
+    if damaged:
+        problems.append(damage_problem(damaged))
     if as_json:
         doc = {
             "undelivered": left,
             "connected": last["connected"],
             "rejected": rejected,
             "rejected_reason": last.get("rejected_reason"),
+            "damaged": damaged,
         }
         if wait:
             doc["timed_out"] = timed_out
@@ -530,200 +575,3 @@ def enroll_cmd(ctx: Context, synthetic: bool, applicant: Path | None, count: int
         fail(f"{exc}; enrollments go through the service: start it first", EXIT_NOT_RUNNING)
     except ApiError as exc:
         fail(f"enrollment {done + 1} of {count} not taken: {exc}", EXIT_PROBLEM)
-
-
-# ----------------------------------------------------------------------------- export
-
-
-@main.command("export")
-@click.option(
-    "--to",
-    "to_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory (e.g. a USB stick).",
-)
-@click.option(
-    "--include-rejected",
-    is_flag=True,
-    help="Also write the packets the centre rejected (for its quarantine review).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@pass_ctx
-def export_cmd(ctx: Context, to_dir: Path, include_rejected: bool, as_json: bool) -> None:
-    """Write every undelivered packet as one file into DIR for a trip to the centre.
-
-    Idempotent: a file already there with the same content is kept. Packets stay in the
-    store until the centre acknowledges them (`ektp-central import DIR` at the centre).
-    Packets the centre rejected are left out unless --include-rejected; the summary
-    says how many of each.
-
-    \b
-    Examples:
-      ektp-agent export --to /media/usb0/ektp
-      ektp-agent export --to /media/usb0/ektp --include-rejected
-    """
-    config = ctx.config
-    try:
-        outbox = Outbox.open_readonly(config.outbox_path, max_bytes=config.store.max_bytes)
-    except StoreNotFound:
-        fail(f"no outbox at {config.outbox_path}: nothing to export", EXIT_PROBLEM)
-    except OutboxError as exc:
-        fail(str(exc), EXIT_PROBLEM)
-    counts = {"pending": 0, "rejected": 0}
-    try:
-        to_dir.mkdir(parents=True, exist_ok=True)
-        held = outbox.undelivered()
-        rows = [r for r in held if include_rejected or r.state != "rejected"]
-        left_out = len(held) - len(rows)
-        written = kept = 0
-        with Progress(
-            TextColumn("exporting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            disable=not sys.stdout.isatty() or as_json,
-        ) as progress:
-            task = progress.add_task("export", total=len(rows))
-            for r in rows:
-                data = outbox.get(r.packet_id)
-                progress.advance(task)
-                if data is None:
-                    continue  # delivered meanwhile
-                counts["rejected" if r.state == "rejected" else "pending"] += 1
-                target = to_dir / f"{r.seq:010d}-{r.packet_id}.ektp"
-                if target.exists() and target.read_bytes() == data:
-                    kept += 1
-                    continue
-                tmp = target.with_name(f".{target.name}.tmp")
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                tmp.replace(target)
-                written += 1
-    except OSError as exc:
-        fail(f"cannot write to {to_dir}: {exc.strerror or exc}", EXIT_PROBLEM)
-    finally:
-        outbox.close()
-    if as_json:
-        emit_json(
-            {
-                "exported": written + kept,
-                "written": written,
-                "already_there": kept,
-                "dir": str(to_dir),
-                "pending": counts["pending"],
-                "rejected": counts["rejected"],
-                "rejected_left_out": left_out,
-            }
-        )
-        return
-    click.echo(
-        f"exported {written + kept} packet(s) to {to_dir}: {counts['pending']} undelivered, "
-        f"{counts['rejected']} rejected ({written} written, {kept} already there)"
-    )
-    if left_out:
-        click.echo(
-            f"{left_out} packet(s) rejected by the centre not exported (add --include-rejected, or "
-            "`ektp-agent resubmit` them once the cause is fixed)"
-        )
-
-
-# ----------------------------------------------------------------------------- resubmit
-
-
-@main.command("resubmit")
-@click.argument("packet_ids", nargs=-1, metavar="[PACKET_ID]...")
-@click.option("--rejected", "every", is_flag=True, help="Every packet the centre rejected.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@pass_ctx
-def resubmit_cmd(ctx: Context, packet_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
-    """Put packets the centre rejected back in the queue, to be sent again.
-
-    A packet the centre rejected stays on the kiosk, with the centre's reason, and is not
-    sent again by itself (`ektp-agent queue` lists it; `status` and `sync` exit 1 while
-    there is one). Resubmit it once the cause is fixed:
-
-    \b
-      - unknown_kiosk: the kiosk was registered late; after
-        `ektp-central kiosk add KIOSK_ID --public-key FILE` at the centre;
-      - bad_signature: after the centre has this kiosk's current public key
-        (`ektp-agent keys show`);
-      - anything else: after the cause the reason names is fixed.
-
-    Name the packets, or give --rejected for all of them. The packets keep their
-    attempts; their reason is cleared (the service's journal keeps it). Resubmitting
-    before the cause is fixed does no harm: the centre rejects them again. With the
-    service running it sends them at once; with it stopped, they are sent when it starts.
-
-    Exit 0 when done; 1 when a named packet is not a rejected one (the message says its
-    state; the others are still resubmitted); 2 without packet ids or --rejected.
-
-    \b
-    Examples:
-      ektp-agent queue                  # the rejected packets and the centre's reason
-      ektp-agent resubmit --rejected
-      ektp-agent resubmit 01a21f90-924b-7326-8f60-a232292900ac --json
-    """
-    config = ctx.config
-    if every == bool(packet_ids):
-        fail(
-            "name the packets to resubmit (PACKET_ID ...) or give --rejected for all the rejected ones"
-            + (", not both" if every else ""),
-            EXIT_USAGE,
-        )
-    ids = None if every else [_canonical_id(p) for p in packet_ids]
-    try:
-        args: dict[str, Any] = {"rejected": True} if ids is None else {"packet_ids": ids}
-        result = call(config.api_socket, "resubmit", timeout=120, **args)[0]
-        service = "running"
-    except ServiceNotRunning:
-        result = _resubmit_offline(config, ids)
-        service = "stopped"
-    except ApiError as exc:
-        fail(str(exc), EXIT_PROBLEM)
-    count, not_rejected = int(result["resubmitted"]), result.get("not_rejected", [])
-    if as_json:
-        emit_json({"resubmitted": count, **({"not_rejected": not_rejected} if not_rejected else {})})
-    else:
-        when = "the service sends them now" if service == "running" else "sent when the service starts"
-        click.echo(f"resubmitted {count} packet(s)" + (f": {when}" if count else ""))
-    for r in not_rejected:
-        click.echo(f"ektp-agent: packet {r['packet_id']} {_not_rejected_because(r['state'])}", err=True)
-    sys.exit(EXIT_PROBLEM if not_rejected else EXIT_OK)
-
-
-def _canonical_id(packet_id: str) -> str:
-    """Packet ids are stored as lower-case UUIDs; accept one typed in capitals or braces."""
-    try:
-        return str(uuid.UUID(packet_id))
-    except ValueError:
-        return packet_id
-
-
-def _not_rejected_because(state: str) -> str:
-    why = {
-        "unknown": "is not in this kiosk's outbox (check the id with `ektp-agent queue`)",
-        "pending": "is not rejected: it is pending, already waiting to be sent",
-        "sent": "is not rejected: it is sent, waiting for the centre's acknowledgement",
-        "delivered": "is not rejected: it is delivered, the centre holds it",
-    }
-    return why.get(state, f"is not rejected: it is {state}") + "; nothing done for it"
-
-
-def _resubmit_offline(config: AgentConfig, ids: list[str] | None) -> dict[str, Any]:
-    """The service is down: write the outbox here (it is the only writer then), never repair it."""
-    from agent.service import resubmit_packets
-
-    try:
-        outbox = Outbox(config.outbox_path, max_bytes=config.store.max_bytes, repair=False)
-    except StoreNotFound:
-        return {"resubmitted": 0, "not_rejected": [{"packet_id": p, "state": "unknown"} for p in ids or []]}
-    except OutboxError as exc:
-        fail(str(exc), EXIT_PROBLEM)
-    try:
-        return resubmit_packets(outbox, ids)
-    except OutboxError as exc:
-        fail(str(exc), EXIT_PROBLEM)
-    finally:
-        outbox.close()

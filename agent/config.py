@@ -9,12 +9,13 @@ Relative paths are taken relative to the config file's directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 DEFAULT_CONFIG_PATH = Path("/etc/ektp-agent/config.toml")
 CONFIG_ENV = "EKTP_CONFIG"
 SYSTEMD_RUNTIME_DIR = Path("/run/ektp-agent")  # RuntimeDirectory=ektp-agent of systemd/ektp-agent.service
+# The largest outbox SQLite can keep: max_page_count (4294967294) pages of the outbox's 4 KiB.
+MAX_STORE_BYTES = 4096 * 4_294_967_294
+DAY_S = 86400.0
 
 
 class ConfigError(Exception):
@@ -91,9 +95,15 @@ class MqttConfig:
     chunk_bytes: int = field(
         default=8192, metadata=_check(lambda v: 1024 <= v <= 16 * 1024 * 1024, "bytes, 1024-16777216")
     )
-    ack_timeout_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))
-    reconnect_min_s: float = field(default=1.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))
-    reconnect_max_s: float = field(default=120.0, metadata=_check(lambda v: v > 0, "seconds, > 0"))
+    ack_timeout_s: float = field(
+        default=60.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+    )
+    reconnect_min_s: float = field(
+        default=1.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+    )
+    reconnect_max_s: float = field(
+        default=120.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +115,12 @@ class KeysConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     max_bytes: int = field(
-        default=8_000_000_000, metadata=_check(lambda v: v >= 1_000_000, "bytes, at least 1000000")
+        default=8_000_000_000,
+        metadata=_check(
+            lambda v: 1_000_000 <= v <= MAX_STORE_BYTES,
+            f"bytes, at least 1000000 (a few packets) and at most {MAX_STORE_BYTES} (the largest"
+            " outbox SQLite can keep)",
+        ),
     )
     path: Path | None = None  # default: {data_dir}/outbox.db
 
@@ -123,6 +138,13 @@ class ApiConfig:
         None  # default: /run/ektp-agent/api.sock when that directory exists, else {data_dir}/api.sock
     )
     group: str | None = None  # group that may use the socket (mode 0660)
+    # Each connection holds a file descriptor: beyond this many the service answers "busy"
+    # and closes, so idle or runaway clients cannot use up its descriptors.
+    max_connections: int = field(
+        default=64, metadata=_check(lambda v: 1 <= v <= 1024, "connections at once, 1-1024")
+    )
+    # A connection with no request within this long is closed (between requests, not during one).
+    idle_timeout_s: float = field(default=60.0, metadata=_check(lambda v: 1 <= v <= 3600, "seconds, 1-3600"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +197,7 @@ class AgentConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     source: Path | None = field(default=None, compare=False)
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)  # keys the file sets
 
     @property
     def kiosk_private_key(self) -> Path:
@@ -215,7 +238,7 @@ def load_config(path: Path, *, required: bool = True) -> AgentConfig:
     :raises ConfigError: on a missing (required) or unreadable file, bad TOML, an unknown key or a bad value
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         if required:
             raise ConfigError(
@@ -224,6 +247,16 @@ def load_config(path: Path, *, required: bool = True) -> AgentConfig:
         return AgentConfig(source=None)
     except OSError as exc:
         raise ConfigError("(file)", str(path), f"a readable file ({exc.strerror})", path=path) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            "(file)",
+            str(path),
+            f"UTF-8 text, but byte {exc.start} (line {line}) is not: save the file as UTF-8",
+            path=path,
+        ) from exc
     return parse_config(text, path=path)
 
 
@@ -235,7 +268,75 @@ def parse_config(text: str, *, path: Path | None = None) -> AgentConfig:
         raise ConfigError("(syntax)", str(exc), "valid TOML", path=path) from exc
     base = path.parent if path is not None else Path.cwd()
     config = _build(AgentConfig, doc, prefix="", base=base, path=path)
-    return dataclasses.replace(config, source=path)
+    m = config.mqtt
+    if m.reconnect_min_s > m.reconnect_max_s:
+        raise ConfigError(
+            "mqtt.reconnect_min_s",
+            m.reconnect_min_s,
+            f"at most mqtt.reconnect_max_s ({m.reconnect_max_s:g}): the backoff starts below its ceiling",
+            path=path,
+        )
+    return dataclasses.replace(config, source=path, explicit=frozenset(_keys(doc)))
+
+
+def check_environment(config: AgentConfig) -> None:
+    """What the values need from this machine: the files they name exist, the store fits its disk.
+
+    `config check` and `run` call it; a file that this user may not look at is not an error here
+    (the service's user is the one that must read it).
+    :raises ConfigError: naming the key
+    """
+    m = config.mqtt
+    for key, file in (
+        ("password_file", m.password_file),
+        ("ca_file", m.ca_file),
+        ("cert_file", m.cert_file),
+        ("key_file", m.key_file),
+    ):
+        if file is None:
+            continue
+        try:
+            is_file = file.is_file()
+        except PermissionError:
+            continue
+        if not is_file:
+            what = "is not a regular file" if file.exists() else "does not exist"
+            raise ConfigError(
+                f"mqtt.{key}",
+                str(file),
+                f"an existing file ({file} {what}; the MQTT link cannot connect without it)",
+                path=config.source,
+            )
+    if "store.max_bytes" in config.explicit:
+        disk = _nearest_existing(config.outbox_path.parent)
+        try:
+            st = os.statvfs(disk)
+        except OSError:
+            return
+        total = st.f_blocks * st.f_frsize
+        if config.store.max_bytes > total:
+            raise ConfigError(
+                "store.max_bytes",
+                config.store.max_bytes,
+                f"at most the size of the file system holding {disk} ({total} bytes), which could "
+                "never hold more",
+                path=config.source,
+            )
+
+
+def _nearest_existing(directory: Path) -> Path:
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return candidate
+    return directory
+
+
+def _keys(table: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every dotted key the TOML document sets (tables themselves included)."""
+    for key, value in table.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _keys(value, f"{prefix}{key}.")
 
 
 _T = typing.TypeVar("_T")
@@ -243,7 +344,11 @@ _T = typing.TypeVar("_T")
 
 def _build(cls: type[_T], table: Mapping[str, Any], *, prefix: str, base: Path, path: Path | None) -> _T:
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}  # type: ignore[arg-type]
+    known = {
+        f.name: f
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in ("source", "explicit")
+    }
     for key in table:
         if key not in known:
             choices = ", ".join(sorted(known))
@@ -284,9 +389,9 @@ def _coerce(key: str, raw: Any, hint: Any, *, base: Path, path: Path | None) -> 
             return raw
         raise ConfigError(key, raw, "a whole number", path=path)
     if target is float:
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
             return float(raw)
-        raise ConfigError(key, raw, "a number", path=path)
+        raise ConfigError(key, raw, "a finite number", path=path)
     if target is str:
         if isinstance(raw, str):
             return raw
@@ -307,7 +412,9 @@ def as_dict(config: AgentConfig) -> dict[str, Any]:
             return str(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {
-                f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "source"
+                f.name: plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.name not in ("source", "explicit")
             }
         return value
 

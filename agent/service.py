@@ -13,10 +13,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import errno
 import logging
+import os
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from agent import __version__
@@ -26,6 +30,7 @@ from agent.clock import clock_synced
 from agent.config import AgentConfig
 from agent.devices import Devices, build_drivers
 from agent.health import HealthReporter
+from agent.kiosk_keys import kiosk_public_keys
 from agent.link import Link
 from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
 from agent.sd_notify import Notifier
@@ -47,6 +52,31 @@ T = TypeVar("T")
 REJECTED_IDS_LISTED = 100  # status names this many rejected packets; `queue` lists them all
 
 
+class StartError(Exception):
+    """The service cannot start here; the message says why and what to do."""
+
+
+def check_data_dir(data_dir: Path, config_file: Path | None) -> None:
+    """The data dir exists (made 0700 when missing) and this user can create files in it.
+
+    :raises StartError: it cannot be made or written (read-only file system, permissions)
+    """
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=data_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = "it is on a read-only file system" if exc.errno == errno.EROFS else exc.strerror
+        where = f"kiosk.data_dir in {config_file}" if config_file else "kiosk.data_dir in the config"
+        raise StartError(
+            f"cannot write in the data dir {data_dir}: {why}. The service keeps its outbox, keys and "
+            "state there. If the SD card went read-only after an error, check it (`dmesg`, fsck) and "
+            f"reboot; otherwise make {data_dir} writable by the service's user "
+            f"(`chown -R ektp:ektp {data_dir}`) or set {where} to a writable directory"
+        ) from exc
+
+
 def queue_json(stats: OutboxStats) -> dict[str, Any]:
     return {
         "pending": stats.pending + stats.sent,
@@ -55,6 +85,7 @@ def queue_json(stats: OutboxStats) -> dict[str, Any]:
         "unsent": stats.pending,
         "sent_unacked": stats.sent,
         "rejected": stats.rejected,
+        "damaged": stats.damaged,
         "delivered": stats.delivered,
         "near_full": stats.near_full,
         "max_bytes": stats.max_bytes,
@@ -129,16 +160,25 @@ class Service:
 
     async def _start(self) -> None:
         c = self.config
-        c.kiosk.data_dir.mkdir(parents=True, exist_ok=True)
+        check_data_dir(c.kiosk.data_dir, c.source)
         if self.simulate:
             self.simulator = Simulator(c.sim_dir)
             await asyncio.to_thread(self.simulator.attach_or_start)
         self.kiosk_key = load_kiosk_private(c.kiosk_private_key)
+        own_keys = kiosk_public_keys(c.kiosk_private_key)  # salvage checks the kiosk's own signatures
         self.central_keys = central = load_central_public(c.keys.central_public_key)
-        self.outbox = await self._db(lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes))
+        self.outbox = await self._db(
+            lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes, kiosk_keys=own_keys)
+        )
         self.devices = Devices(build_drivers(c, simulate=self.simulate), on_change=self._health_changed)
         self.link = Link(c, self.outbox, central, db=self.db, health=self.health)
-        self.api = ApiServer(c.api_socket, self._handlers(), group=c.api.group)
+        self.api = ApiServer(
+            c.api_socket,
+            self._handlers(),
+            group=c.api.group,
+            max_connections=c.api.max_connections,
+            idle_timeout_s=c.api.idle_timeout_s,
+        )
         await self.api.start()
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]] | None = None) -> None:
@@ -259,6 +299,7 @@ class Service:
             "connected": self.link.stats.connected,
             "rejected": stats.rejected,
             "rejected_reason": rejected["reason"],
+            "damaged": stats.damaged,
         }
 
     async def _api_resubmit(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -298,6 +339,13 @@ class Service:
             raise ApiError(
                 '"direct" builds synthetic records without the peripherals; it needs "synthetic"',
                 "bad-request",
+            )
+        if request.get("synthetic") and not self.simulate:
+            # Synthetic residents must never reach the centre looking like real ones.
+            raise ApiError(
+                "synthetic enrollments need simulated peripherals (`ektp-agent run --simulate`); this "
+                "service runs with real peripherals and records real residents only",
+                "not-simulated",
             )
         for i in range(count):
             if self.stopping.is_set():
@@ -372,6 +420,8 @@ class Service:
                 kiosk_key=key,
                 central_public=central,
                 clock_synced=synced,
+                # a simulated kit's residents come from the simulator, whatever the request said
+                synthetic=self.simulate,
             )
 
         outbox = self.outbox
@@ -433,4 +483,12 @@ def resubmit_packets(outbox: Outbox, packet_ids: list[str] | None) -> dict[str, 
     return {"resubmitted": outbox.resubmit(packet_ids), "not_rejected": not_rejected}
 
 
-__all__ = ["Service", "__version__", "queue_json", "rejected_json", "resubmit_packets"]
+__all__ = [
+    "Service",
+    "StartError",
+    "__version__",
+    "check_data_dir",
+    "queue_json",
+    "rejected_json",
+    "resubmit_packets",
+]

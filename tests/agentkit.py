@@ -92,15 +92,22 @@ class Kit:
         assert p.returncode == 0, p.stderr
 
     def spawn(
-        self, tool: str, *args: str, name: str, env: dict[str, str] | None = None
+        self,
+        tool: str,
+        *args: str,
+        name: str,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
+        """The console script as a child in its own session; ``prefix`` runs it through a
+        wrapper (e.g. ``("prlimit", "--nofile=256:256")``)."""
         conf = self.central_conf if tool == "ektp-central" else self.agent_conf
         if args[:1] == ("--config",):
             conf, args = Path(args[1]), args[2:]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it
         try:
             p = subprocess.Popen(
-                [script(tool), "--config", str(conf), *args],
+                [*prefix, script(tool), "--config", str(conf), *args],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
@@ -121,8 +128,11 @@ class Kit:
         )
         return self.spawn("ektp-central", "--config", str(conf), "run", name=name)
 
-    def start_agent(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.agent = self.spawn("ektp-agent", "run", "--simulate", name="agent", env=env)
+    def start_agent(
+        self, env: dict[str, str] | None = None, *, simulate: bool = True, prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        run = ("run", "--simulate") if simulate else ("run",)
+        self.agent = self.spawn("ektp-agent", *run, name="agent", env=env, prefix=prefix)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:

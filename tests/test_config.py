@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_config
+from agent.config import MAX_STORE_BYTES, ConfigError, load_config, parse_config
+from tests.agentkit import script
 
 GOOD = """
 [kiosk]
@@ -71,6 +73,22 @@ def test_config_is_frozen() -> None:
         ("[kiosks]\nid = 1", "kiosks", "known key"),
         ('kiosk = "x"', "kiosk", "table"),
         ("[kiosk\n", "(syntax)", "TOML"),
+        ("[mqtt]\nack_timeout_s = inf", "mqtt.ack_timeout_s", "finite number"),
+        ("[mqtt]\nack_timeout_s = nan", "mqtt.ack_timeout_s", "finite number"),
+        ("[mqtt]\nack_timeout_s = 1e300", "mqtt.ack_timeout_s", "at most 86400"),
+        ("[mqtt]\nreconnect_max_s = -inf", "mqtt.reconnect_max_s", "finite number"),
+        ("[health]\ninterval_s = inf", "health.interval_s", "finite number"),
+        ("[devices.signature]\npen_up_quiet_s = nan", "devices.signature.pen_up_quiet_s", "finite number"),
+        (
+            "[mqtt]\nreconnect_min_s = 10\nreconnect_max_s = 2",
+            "mqtt.reconnect_min_s",
+            "mqtt.reconnect_max_s (2)",
+        ),
+        (f"[store]\nmax_bytes = {MAX_STORE_BYTES + 1}", "store.max_bytes", "largest outbox SQLite can keep"),
+        ("[store]\nmax_bytes = 9223372036854775807", "store.max_bytes", "at most"),
+        ("[store]\nmax_bytes = 999999", "store.max_bytes", "at least 1000000"),
+        ("[api]\nmax_connections = 0", "api.max_connections", "1-1024"),
+        ("[api]\nidle_timeout_s = inf", "api.idle_timeout_s", "finite number"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(text: str, key: str, words: str) -> None:
@@ -110,3 +128,71 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "mqtt.port" in p.stderr and "1-65535" in p.stderr
     assert p.stdout == ""
+
+
+# ----------------------------------------------------------------------------- values that cannot work
+
+
+def _agent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [script("ektp-agent"), "--config", str(config), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _unworkable_cases(tmp_path: Path) -> list[tuple[str, str, str]]:
+    """(config text, the key the error must name, words of the reason): each printed "config OK" once."""
+    st = os.statvfs(tmp_path)
+    disk = st.f_blocks * st.f_frsize
+    base = f'[kiosk]\nid = "320715-01"\ndata_dir = "{tmp_path / "data"}"\n'
+    return [
+        (base + "[mqtt]\nreconnect_min_s = 30\nreconnect_max_s = 5\n", "mqtt.reconnect_min_s", "at most"),
+        (base + "[mqtt]\nack_timeout_s = inf\n", "mqtt.ack_timeout_s", "finite number"),
+        (base + "[store]\nmax_bytes = 9000000000000000000\n", "store.max_bytes", "SQLite"),
+        (base + f"[store]\nmax_bytes = {disk + 1}\n", "store.max_bytes", "file system"),
+        (
+            base + f'[mqtt]\nusername = "k"\npassword_file = "{tmp_path / "no-such-password"}"\n',
+            "mqtt.password_file",
+            "does not exist",
+        ),
+        (base + f'[mqtt]\nca_file = "{tmp_path}"\n', "mqtt.ca_file", "not a regular file"),
+    ]
+
+
+def test_config_check_and_run_refuse_values_that_cannot_work(tmp_path: Path) -> None:
+    for i, (text, key, words) in enumerate(_unworkable_cases(tmp_path)):
+        conf = tmp_path / f"case{i}.toml"
+        conf.write_text(text)
+        for args in (("config", "check"), ("config", "check", "--json"), ("run",)):
+            p = _agent(conf, *args)
+            assert p.returncode == 2, (args, text, p.stdout, p.stderr)
+            assert key in p.stderr and words in p.stderr, (args, p.stderr)
+            assert str(conf) in p.stderr and "Traceback" not in p.stderr
+            assert "config OK" not in p.stdout
+    assert not (tmp_path / "data").exists(), "run started before its config was checked"
+
+
+def test_an_explicit_store_bound_the_disk_can_hold_is_fine(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    conf.write_text(
+        f'[kiosk]\ndata_dir = "{tmp_path / "data"}"\n[store]\nmax_bytes = 2000000\n'
+        f'[mqtt]\nusername = "k"\npassword_file = "{password}"\nreconnect_min_s = 5\nreconnect_max_s = 5\n'
+    )
+    p = _agent(conf, "config", "check")
+    assert p.returncode == 0, p.stderr
+    assert "config OK" in p.stdout
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    data = '[kiosk]\nid = "320715-01"\n# catatan: kecamatan Ç\n'.encode("latin-1")
+    conf.write_bytes(data)
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(conf)
+    for args in (("config", "check"), ("status",), ("run",)):
+        p = _agent(conf, *args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert f"config {conf}" in p.stderr and "UTF-8" in p.stderr, p.stderr
+        assert f"byte {data.index(0xC7)} (line 3)" in p.stderr
+        assert "Traceback" not in p.stderr
