@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import ConfigError, parse_config
 from tests.agentkit import BIN, Kit
 from tests.netkit import free_port
 
@@ -108,3 +109,37 @@ def test_notify_protocol_ready_watchdog_stopping(tmp_path: Path) -> None:
     finally:
         kit.close()
         sock.close()
+
+
+def _unit_settings(unit: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (UNITS / unit).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_agent_unit_keeps_files_private_and_descriptors_sufficient() -> None:
+    s = _unit_settings("ektp-agent.service")
+    assert s["UMask"] == ["0077"]
+    assert s["StateDirectoryMode"] == ["0700"]
+    # the config directory as the tmpfiles entry makes it: root:ektp 0750, no world access
+    assert s["ConfigurationDirectoryMode"] == ["0750"]
+    assert "d /etc/ektp-agent     0750 root ektp -" in (UNITS / "ektp-agent.tmpfiles").read_text()
+    # enough descriptors for the largest api.max_connections and the rest of the service
+    largest = 1024
+    assert parse_config(f"[api]\nmax_connections = {largest}").api.max_connections == largest
+    with pytest.raises(ConfigError, match=r"api\.max_connections"):
+        parse_config(f"[api]\nmax_connections = {largest + 1}")
+    (nofile,) = s["LimitNOFILE"]
+    assert int(nofile) >= largest + 1024
+
+
+def test_broker_address_is_documented_not_pinned_in_the_unit() -> None:
+    """[mqtt] host is a config value (often a DNS name): an IPAddressAllow= in the shipped unit
+    would drift from it and cut the link silently. operations.md shows the drop-in instead."""
+    s = _unit_settings("ektp-agent.service")
+    assert "IPAddressAllow" not in s
+    ops = (UNITS.parent / "docs" / "operations.md").read_text()
+    assert "IPAddressAllow=" in ops and "IPAddressDeny=any" in ops
