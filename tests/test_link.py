@@ -4,7 +4,6 @@ restarts, link cuts and stalls, a stopped centre, and hostile acks."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,15 +178,20 @@ def test_hostile_acks_delete_nothing(tmp_path: Path, broker: Broker, keys: Keys)
         assert s.delivered == 0 and s.sent + s.pending == 6, "a hostile ack deleted something"
         assert kiosk.thread.is_alive()
         # a genuine ack for the first two (one in the window, one not yet read: both checked
-        # against the bytes held), then the same ack replayed: only those two go
+        # against the bytes held), replayed at once, so that the replay is read before the
+        # outbox has the first one's outcome; then replayed again after it is written. Each
+        # replayed result is counted as ignored ("replayed"), and only those two packets go.
         genuine = sign_ack(KIOSK, results[:2], keys.central.signing)
-        attacker.publish(topic, genuine)
+        both = [attacker.client.publish(topic, genuine, qos=1) for _ in range(2)]  # back to back
+        for info in both:
+            info.wait_for_publish(5)
+        wait_for(lambda: kiosk.link.stats.ignored_acks["replayed"] >= 2, 10, "the first replay read")
         wait_for(lambda: kiosk.stats().delivered == 2, 10, "the genuine ack applied")
         attacker.publish(topic, genuine)
-        attacker.publish(topic, genuine)
-        time.sleep(0.5)
+        wait_for(lambda: kiosk.link.stats.ignored_acks["replayed"] == 4, 10, "the late replay read")
         s = kiosk.stats()
         assert s.delivered == 2 and s.sent + s.pending == 4, "the rest still held"
+        assert s.total_committed == 6
         assert set(kiosk.link.stats.ignored_acks) >= {
             "bad-signature",
             "wrong-kiosk",

@@ -347,6 +347,8 @@ class Link:
             )
             for item in batch:
                 cursor = max(cursor, item.seq)
+                if item.packet_id in self._delivered_unwritten:
+                    continue  # a verified ack freed it; the outbox does not know yet
                 if item.packet_id not in window.transfers:
                     if item.state == "sent":
                         self._marked_sent.add(item.packet_id)
@@ -500,25 +502,37 @@ class Link:
                 await self._db("mark a packet rejected", self.outbox.mark_rejected, r.packet_id, reason)
         self._note_window()
 
-    def _ignore_ack(self, reason: str, message: str) -> None:
+    def _ignore_ack(self, reason: str, message: str, *, hostile: bool = True) -> None:
+        """Count an ack (or one result of it) that changes nothing; ``hostile=False``: one that an
+        honest centre may send too (a second answer about a packet already finished)."""
         self.stats.ignored_acks[reason] += 1
         n = self.stats.ignored_acks[reason]
         if n == 1 or n % 100 == 0:
-            log.warning("ignored a message on %s (%s, %d so far): %s", self.topic_ack, reason, n, message)
+            level = logging.WARNING if hostile else logging.INFO
+            log.log(level, "ignored a message on %s (%s, %d so far): %s", self.topic_ack, reason, n, message)
 
     async def _outcome_outside_window(self, r: AckResult) -> Outcome:
         """A final answer about a packet not in the window (e.g. after a restart): it counts only
-        if it names the exact bytes the outbox holds under that id."""
+        if it names the exact bytes the outbox holds under that id and the packet still awaits
+        its answer. A second answer about a finished packet (a replay, or the centre answering
+        a re-sent chunk) is counted as ``replayed``, whether or not the first is written yet."""
+        if r.packet_id in self._delivered_unwritten:
+            self._ignore_ack("replayed", f"a second final answer about packet {r.packet_id}", hostile=False)
+            return Outcome.NONE
         data = await self._db("read a packet to check an ack", self.outbox.get, r.packet_id)
-        if data is None:
-            return Outcome.NONE  # delivered or unknown: nothing to do
-        if packet_sha256(data) != r.sha256:
+        info = await self._db("read a packet's state", self.outbox.info, r.packet_id)
+        if info is None:
+            self._ignore_ack("unknown-packet", f"ack names packet {r.packet_id}, which this kiosk never held")
+            return Outcome.NONE
+        if data is not None and packet_sha256(data) != r.sha256:
             self._ignore_ack(
                 "other-bytes", f"ack for packet {r.packet_id} names other bytes than the kiosk holds"
             )
             return Outcome.NONE
-        info = await self._db("read a packet's state", self.outbox.info, r.packet_id)
-        if info is None or info.state not in ("pending", "sent"):
+        if data is None or info.state not in ("pending", "sent"):
+            self._ignore_ack(
+                "replayed", f"a final answer about packet {r.packet_id}, already {info.state}", hostile=False
+            )
             return Outcome.NONE
         return Outcome.DELIVERED if r.status.delivered else Outcome.REFUSED
 

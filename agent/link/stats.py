@@ -29,6 +29,8 @@ class LinkStats:
     republished: int = 0
     refused_pubacks: int = 0
     outbox_errors: int = 0
+    # acks or results that changed nothing, by reason: bad-signature, wrong-kiosk, other-bytes,
+    # unknown-packet, replayed (a second final answer about a finished packet), ...
     ignored_acks: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
@@ -46,6 +48,7 @@ class LinkStats:
             "republished": self.republished,
             "refused_pubacks": self.refused_pubacks,
             "ignored_acks": sum(self.ignored_acks.values()),
+            "ignored_acks_by_reason": dict(sorted(self.ignored_acks.items())),
             "broker_receive_maximum": self.receive_maximum,
             "broker_maximum_packet_size": self.maximum_packet_size,
             "last_error": self.last_error,
