@@ -1,6 +1,6 @@
 # ektp-agent: `make run` (the demo) and `make test` (the whole suite) set up everything
 # they need on a fresh Debian / Raspberry Pi OS machine: a virtualenv in .venv with the
-# package and its dev tools, and Mosquitto from Debian's packages when it is missing.
+# package and its dev tools, and Mosquitto and strace from Debian's packages when they are missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto run test lint typecheck pytest bench chaos clean
+.PHONY: all setup mosquitto system-packages run test lint typecheck pytest bench chaos clean
 
 all: test
 
@@ -21,16 +21,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Mosquitto is a system package (Debian's), not a Python one: the tests and the demo
-# start their own brokers from its binary on free loopback ports.
-mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+# Mosquitto and strace are system packages (Debian's), not Python ones: the tests and the demo
+# start their own brokers from Mosquitto's binary on free loopback ports, and the power-loss
+# test (tests/test_outbox_power_loss.py) watches the outbox's system calls with strace.
+SYSTEM_PACKAGES := mosquitto mosquitto-clients strace
+
+mosquitto: system-packages
+
+system-packages:
+	@if { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } && command -v strace >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
-	  echo "installing mosquitto from Debian's packages"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	  echo "installing $(SYSTEM_PACKAGES) from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
-	  echo "error: mosquitto is not installed and this user cannot install it."; \
-	  echo "       run: sudo apt-get install mosquitto mosquitto-clients   (then make again)"; exit 2; \
+	  echo "error: mosquitto or strace is not installed and this user cannot install them."; \
+	  echo "       run: sudo apt-get install $(SYSTEM_PACKAGES)   (then make again)"; exit 2; \
 	fi
 
 lint: $(STAMP)

@@ -4,9 +4,10 @@ Layout of a fake packet (big-endian)::
 
     b"OBX1" | seq u64 | packet_id 16 bytes | body_len u32 | body | Ed25519 signature (64)
 
-Run as ``python -m tests.outbox_child DB SEED KEY_HEX``: opens the outbox, prints
-``ready``, then commits packets forever, printing ``C <packet_id> <seq>`` after each
-commit returns and ``D <packet_id>`` after each mark_delivered returns.
+Run as ``python -m tests.outbox_child DB SEED KEY_HEX [COUNT]``: opens the outbox, prints
+``ready``, then commits packets (forever, or COUNT of them and exits 0), printing
+``C <packet_id> <seq>`` after each commit returns and ``D <packet_id>`` after each
+mark_delivered returns.
 """
 
 from __future__ import annotations
@@ -60,13 +61,16 @@ def main(argv: list[str]) -> int:
     from agent.outbox import Outbox
 
     db, seed, key_hex = argv[0], int(argv[1]), argv[2]
+    count = int(argv[3]) if len(argv) > 3 else None
     key = key_from_hex(key_hex)
     rng = random.Random(seed)
     out = sys.stdout
     outbox = Outbox(db)
     out.write("ready\n")
     out.flush()
-    while True:
+    while count is None or count > 0:
+        if count is not None:
+            count -= 1
         body = rng.randbytes(rng.randint(10_000, 50_000))
         packet_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         receipt = outbox.commit(functools.partial(seal, key, packet_id=packet_id, body=body))
@@ -80,6 +84,8 @@ def main(argv: list[str]) -> int:
                 out.flush()
             if len(batch) > 1:
                 outbox.requeue([batch[1].packet_id])
+    outbox.close()
+    return 0
 
 
 if __name__ == "__main__":

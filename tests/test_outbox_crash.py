@@ -1,4 +1,8 @@
-"""kill -9 at random moments: every printed receipt survives, intact, in seq order, no gaps."""
+"""kill -9 at random moments: every printed receipt survives, intact, in seq order, no gaps.
+
+(kill -9 keeps the page cache: what a power cut would lose is checked in
+tests/test_outbox_power_loss.py; the time a kill and recovery round takes is measured in
+bench/timings.py, not asserted here.)"""
 
 from __future__ import annotations
 
@@ -88,7 +92,6 @@ def test_sigkill_at_random_moments_loses_no_receipt(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     receipts: dict[str, int] = {}
     delivered: set[str] = set()
-    started = time.monotonic()
     for round_no in range(KILLS):
         lines = _run_and_kill(db, SEED + round_no, rng, tmp_path / "child.err")
         fresh: dict[str, int] = {}
@@ -123,5 +126,4 @@ def test_sigkill_at_random_moments_loses_no_receipt(tmp_path: Path) -> None:
             _check_receipt(outbox, public, packet_id, seq, delivered)
     assert len(receipts) > KILLS, "the child hardly committed anything; the kills proved little"
     assert delivered, "no frees were exercised"
-    assert time.monotonic() - started < 40
     print(f"{len(receipts)} receipts, {len(delivered)} delivered, {KILLS} kills")
