@@ -55,6 +55,10 @@ class ServiceTimeout(ApiError, TimeoutError):
     """The service took a connection but did not answer in time."""
 
 
+class _ClientLost(Exception):
+    """Server side: the client went away, or read nothing of an answer for idle_timeout_s."""
+
+
 class ThrottledLog:
     """At most one line per ``every_s``; the next line says how many were left out meanwhile."""
 
@@ -224,10 +228,8 @@ class ApiServer:
                 if not line:
                     return
                 await self._answer(line, writer)
-        except (ConnectionError, BrokenPipeError):
-            pass  # the client went away; nothing to tell
-        except TimeoutError:
-            log.debug("closed an API connection that read no answer for %.0f s", self.idle_timeout_s)
+        except (ConnectionError, _ClientLost) as exc:
+            log.debug("API connection closed: %s", str(exc) or "the client went away")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -258,8 +260,8 @@ class ApiServer:
         except ApiError as exc:
             await self._send(writer, _failure(str(exc), exc.code))
             return
-        except (ConnectionError, TimeoutError):
-            raise  # the client went away or stopped reading: _client closes it
+        except _ClientLost:
+            raise  # nobody to tell: _client closes the connection
         except Exception as exc:  # a bug must not take the service down; the client is told
             log.exception("API op %s failed", request["op"])
             await self._send(writer, _failure(f"internal error: {type(exc).__name__}: {exc}", "internal"))
@@ -267,9 +269,14 @@ class ApiServer:
         await self._send(writer, {"done": True, "ok": True})
 
     async def _send(self, writer: asyncio.StreamWriter, doc: dict[str, Any]) -> None:
-        """:raises TimeoutError: the client read nothing for idle_timeout_s"""
+        """:raises _ClientLost: the client is gone, or read nothing for idle_timeout_s"""
         writer.write(json.dumps(doc).encode() + b"\n")
-        await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+        try:
+            await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+        except TimeoutError as exc:
+            raise _ClientLost(f"the client read no answer for {self.idle_timeout_s:.0f} s") from exc
+        except ConnectionError as exc:
+            raise _ClientLost(f"the client went away ({exc})") from exc
 
 
 def _failure(message: str, code: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from agent import __version__
+from agent import __version__, kiosk_keys
 from agent.config import AgentConfig, ConfigError, as_dict, check_environment, config_path, load_config
 from wire.keys import KeyFileError, key_fingerprint, load_kiosk_private, public_path, raw_public
 
@@ -210,10 +210,8 @@ def keys_rotate(ctx: Context, as_json: bool) -> None:
     click.echo(str(new.public_file))
 
 
-def _write_key(ctx: Context, *, force: bool = False, rotate: bool = False) -> Any:
+def _write_key(ctx: Context, *, force: bool = False, rotate: bool = False) -> kiosk_keys.KioskKey:
     """keys init / rotate, their failures as one line each."""
-    from agent import kiosk_keys
-
     path = ctx.config.kiosk_private_key
     try:
         return kiosk_keys.rotate(path) if rotate else kiosk_keys.create(path, force=force)

@@ -4,7 +4,7 @@ A key is never destroyed in place: `keys rotate` and `keys init --force` first c
 current pair aside to ``{key}.retired-YYYYMMDDTHHMMSSZ`` (and ``.pub``), mode 0600,
 created exclusively so that nothing is ever overwritten, and only then write the new
 pair. The retired keys still verify the packets they signed, which the outbox checks
-when it salvages a damaged store (:func:`kiosk_public_keys`).
+when it salvages a damaged store (:func:`retired_public_keys`).
 """
 
 from __future__ import annotations
@@ -90,14 +90,13 @@ def retire(path: Path, when: time.struct_time | None = None) -> tuple[Path, Path
     return target, retired_pub
 
 
-def kiosk_public_keys(path: Path) -> list[Ed25519PublicKey]:
-    """The public keys of the current key at path and of every retired one beside it.
+def retired_public_keys(path: Path) -> list[Ed25519PublicKey]:
+    """The public keys of every key retired beside the key at path, newest first.
 
     A retired file that cannot be read is logged and left out.
-    :raises KeyFileError: the current key cannot be loaded
     """
-    keys = [load_kiosk_private(path).public_key()]
-    for retired in sorted(path.parent.glob(f"{path.name}{RETIRED_MARK}*")):
+    keys = []
+    for retired in sorted(path.parent.glob(f"{path.name}{RETIRED_MARK}*"), reverse=True):
         if retired.name.endswith(".pub"):
             continue
         try:

@@ -30,7 +30,7 @@ from agent.clock import clock_synced
 from agent.config import AgentConfig
 from agent.devices import Devices, build_drivers
 from agent.health import HealthReporter
-from agent.kiosk_keys import kiosk_public_keys
+from agent.kiosk_keys import retired_public_keys
 from agent.link import Link
 from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
 from agent.sd_notify import Notifier
@@ -165,7 +165,8 @@ class Service:
             self.simulator = Simulator(c.sim_dir)
             await asyncio.to_thread(self.simulator.attach_or_start)
         self.kiosk_key = load_kiosk_private(c.kiosk_private_key)
-        own_keys = kiosk_public_keys(c.kiosk_private_key)  # salvage checks the kiosk's own signatures
+        # a salvage checks each packet with every key this kiosk signed with
+        own_keys = [self.kiosk_key.public_key(), *retired_public_keys(c.kiosk_private_key)]
         self.central_keys = central = load_central_public(c.keys.central_public_key)
         self.outbox = await self._db(
             lambda: Outbox(c.outbox_path, max_bytes=c.store.max_bytes, kiosk_keys=own_keys)

@@ -147,7 +147,13 @@ def test_resubmit_through_the_running_service(kit: tuple[Kit, Broker]) -> None:
     assert f"2 packets were rejected by the centre: {REASON}; fix the cause" in p.stderr
     p = k.agent_cli("sync", "--json")
     assert p.returncode == 1
-    assert json_of(p) == {"undelivered": 0, "connected": True, "rejected": 2, "rejected_reason": REASON}
+    assert json_of(p) == {
+        "undelivered": 0,
+        "connected": True,
+        "rejected": 2,
+        "rejected_reason": REASON,
+        "damaged": 0,
+    }
 
     p = k.agent_cli("resubmit", ids[0], str(uuid.uuid4()))
     assert p.returncode == 1 and "not in this kiosk's outbox" in p.stderr
