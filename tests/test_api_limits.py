@@ -2,8 +2,9 @@
 ``api.max_connections`` a client is told "busy" and closed, the refusals are logged a few
 lines at most, idle connections are closed after ``api.idle_timeout_s``, and `ektp-agent
 status` says "busy" cleanly, then works again. The service runs with only 256 file
-descriptors, fewer than the connections thrown at it. Also here, on the same kiosk: every
-file it makes is private."""
+descriptors, fewer than the connections thrown at it. Also here, on the same simulated
+kiosk: every file it makes is private, and every packet it commits carries the signed
+synthetic mark (tests/test_synthetic_guard.py: a production kiosk refuses synthetic ones)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.api import ThrottledLog
+from agent.api import ThrottledLog, request
+from agent.outbox import Outbox
 from tests.agentkit import Kit
 from tests.netkit import Broker
+from wire.packet import read_header
 
 MAX_CONNECTIONS = 8
 IDLE_S = 3
@@ -183,3 +186,16 @@ def test_the_refusal_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixt
         "refused again (999 more like it in the last 10 s not logged)",
         "refused since: 5 in the last 30 s",
     ]
+
+
+def test_every_packet_of_a_simulated_kit_carries_the_synthetic_mark(kiosk: Kit) -> None:
+    k = kiosk
+    receipts = k.enroll(1)
+    receipts += [
+        item["receipt"]
+        for item in request(k.data_dir / "api.sock", "enroll", synthetic=True, direct=True, count=2, seed=9)
+    ]
+    with Outbox.open_readonly(k.data_dir / "outbox.db") as ob:
+        headers = [read_header(ob.get(r["packet_id"]) or b"") for r in receipts]
+    assert [h.packet_id for h in headers] == [r["packet_id"] for r in receipts]
+    assert all(h.synthetic for h in headers)

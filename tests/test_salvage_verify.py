@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from agent.api import request
 from agent.outbox import Outbox
 from tests.agentkit import Kit
 from tests.factories import small_record
@@ -112,7 +113,10 @@ def test_without_the_kiosk_keys_a_salvage_copies_bodies_unchecked(tmp_path: Path
 def test_the_centre_never_gets_a_packet_damaged_on_the_kiosk(kit: tuple[Kit, Broker], tmp_path: Path) -> None:
     k, _broker = kit
     k.start_agent()  # no centre yet: the packets wait
-    receipts = k.enroll(3)
+    receipts = [
+        item["receipt"]
+        for item in request(k.data_dir / "api.sock", "enroll", synthetic=True, direct=True, count=3)
+    ]
     assert k.agent is not None
     k.agent.send_signal(signal.SIGTERM)
     assert k.agent.wait(30) == 0
