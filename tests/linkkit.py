@@ -14,19 +14,21 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.api import request
 from agent.config import parse_config
 from agent.link import Link
 from agent.outbox import Outbox
 from central.config import CentralConfig, CentralMqtt
 from central.consumer import CentralConsumer
 from central.store import CentralStore, open_store
+from tests.agentkit import Kit
 from tests.factories import record_from_resident
 from wire.keys import (
     CentralPrivateKeys,
@@ -142,12 +144,13 @@ class Kiosk:
         health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         extra_mqtt: str = "",
         reconnect_s: tuple[float, float] = (0.1, 0.5),
+        keepalive_s: int = 5,
     ) -> None:
         self.keys = keys
         self.root = root
         self.config = parse_config(
             f'[kiosk]\nid = "{keys.kiosk_id}"\ndata_dir = "{root}"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\nwindow = {window}\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = {keepalive_s}\nwindow = {window}\n'
             f"ack_timeout_s = {ack_timeout_s}\nreconnect_min_s = {reconnect_s[0]}\n"
             f"reconnect_max_s = {reconnect_s[1]}\n{extra_mqtt}"
             f"[health]\ninterval_s = {health_s}\n"
@@ -263,15 +266,109 @@ class Watcher:
         self.client.on_message = self.client.on_connect = self.client.on_subscribe = None
 
 
-def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> None:
-    """The centre's rows of this kiosk are exactly its receipts, seqs 1..N without a gap."""
-    rows = [r for r in centre.packets() if r["kiosk"] == kiosk.keys.kiosk_id]
-    ids = [r["packet_id"] for r in rows]
-    assert len(ids) == len(set(ids)), "a packet is stored twice at the centre"
-    assert set(ids) == {p.packet_id for p in kiosk.receipts}
-    assert sorted(r["seq"] for r in rows) == list(range(1, len(kiosk.receipts) + 1))
+def delivery_figure(
+    rows: Iterable[Mapping[str, Any]],
+    receipts: Iterable[Mapping[str, Any]],
+    *,
+    committed: int,
+    duplicate_deliveries: int,
+    unreceipted_ok: Collection[int] = (),
+) -> dict[str, int]:
+    """Exactly once, counted: the centre's rows of one kiosk against the receipts it printed.
+
+    ``committed`` is the kiosk's own last seq: the centre must hold seqs 1..committed, each
+    once, and nothing else. A row without a receipt is ``extra`` unless its seq is in
+    ``unreceipted_ok`` (a commit a SIGKILL cut off before its receipt went out: at most one per
+    kill, named by the test). ``duplicate_deliveries`` is the centre's own count of deliveries
+    of packets it already held: wasted work, reported, harmless.
+    """
+    rows = list(rows)
+    stored = {str(r["packet_id"]): int(r["seq"]) for r in rows}
+    printed = {str(r["packet_id"]): int(r["seq"]) for r in receipts}
+    unreceipted = {i: seq for i, seq in stored.items() if i not in printed}
+    seqs = sorted(stored.values())
+    return {
+        "receipts": len(printed),
+        "stored": len(rows),
+        "lost": sum(1 for i in printed if i not in stored),
+        "extra": sum(1 for seq in unreceipted.values() if seq not in set(unreceipted_ok)),
+        "unreceipted": sum(1 for seq in unreceipted.values() if seq in set(unreceipted_ok)),
+        "wrong_seq": sum(1 for i, seq in printed.items() if i in stored and stored[i] != seq),
+        "gaps": len(set(range(1, committed + 1)) - set(seqs)),
+        "repeated_rows": len(rows) - len(stored),
+        "beyond": sum(1 for seq in seqs if not 1 <= seq <= committed),
+        "duplicate_deliveries": duplicate_deliveries,
+    }
+
+
+EXACTLY_ONCE_ZEROS = ("lost", "extra", "wrong_seq", "gaps", "repeated_rows", "beyond")
+
+
+def assert_figure_exactly_once(figure: Mapping[str, int]) -> None:
+    """Every receipt stored, nothing stored without a receipt (but the kills' named ones),
+    seqs 1..committed without a gap."""
+    bad = {k: figure[k] for k in EXACTLY_ONCE_ZEROS if figure[k]}
+    assert figure["receipts"] > 0 and not bad, f"not exactly once: {bad} in {dict(figure)}"
+
+
+def figure_text(figure: Mapping[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in figure.items())
+
+
+def assert_exactly_once(centre: Centre, kiosk: Kiosk) -> dict[str, int]:
+    """The centre's rows of this kiosk are exactly its receipts, seqs 1..N without a gap (N the
+    outbox's own last seq); returns the figure, with the centre's count of duplicate deliveries."""
+    kiosk_id = kiosk.keys.kiosk_id
+    with centre.store() as store:
+        rows = store.packets(kiosk_id)
+        duplicates = sum(r["duplicate_deliveries"] for r in store.fleet() if r["kiosk"] == kiosk_id)
+    figure = delivery_figure(
+        rows,
+        [{"packet_id": p.packet_id, "seq": p.seq} for p in kiosk.receipts],
+        committed=kiosk.stats().last_seq,
+        duplicate_deliveries=duplicates,
+    )
+    assert_figure_exactly_once(figure)
+    return figure
 
 
 def all_delivered(kiosk: Kiosk) -> bool:
     s = kiosk.stats()
     return bool(s.delivered == len(kiosk.receipts) and s.pending == 0 and s.sent == 0)
+
+
+# ----------------------------------------------------------------------------- the whole kit (tests/agentkit.py)
+
+
+def api_status(k: Kit) -> dict[str, Any]:
+    """The service's status document straight from its socket (no CLI start-up on the way)."""
+    return next(request(k.data_dir / "api.sock", "status", timeout=30))
+
+
+def kit_figure(
+    k: Kit, receipts: list[dict[str, Any]], *, unreceipted_ok: Collection[int] = ()
+) -> dict[str, int]:
+    """The exactly-once figure of the kit: `ektp-central packets --kiosk` against the receipts,
+    seqs 1..N where N is what the kiosk's `status` says it committed, and the centre's count of
+    duplicate deliveries from `ektp-central fleet --json`."""
+    p = k.central_cli("packets", "--kiosk", k.kiosk_id, "--json")
+    assert p.returncode == 0, p.stderr
+    fleet = json.loads(
+        k.central_cli("fleet", "--json").stdout
+    )  # exit 1 names a problem; the rows are all we read
+    row = next(r for r in fleet if r["kiosk"] == k.kiosk_id)
+    return delivery_figure(
+        json.loads(p.stdout),
+        receipts,
+        committed=int(k.status()["enrollments"]["total"]),
+        duplicate_deliveries=int(row["duplicate_deliveries"]),
+        unreceipted_ok=unreceipted_ok,
+    )
+
+
+def check_exactly_once(
+    k: Kit, receipts: list[dict[str, Any]], *, unreceipted_ok: Collection[int] = ()
+) -> dict[str, int]:
+    figure = kit_figure(k, receipts, unreceipted_ok=unreceipted_ok)
+    assert_figure_exactly_once(figure)
+    return figure
