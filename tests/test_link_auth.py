@@ -7,17 +7,21 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import subprocess
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.linkkit import Centre, Keys, Kiosk, assert_exactly_once, wait_for
 from tests.netkit import Broker
 
 KIOSK = "320715-01"
+OTHER = "320715-02"
 
 
 def _name(cn: str) -> x509.Name:
@@ -119,10 +123,68 @@ def test_tls_client_certificates_with_the_per_kiosk_acl(tmp_path: Path) -> None:
         status = centre.status(KIOSK)
         assert status is not None and status["state"] == "online"  # the ACL let the status through
         assert kiosk.link.stats.refused_pubacks == 0
+        # the kiosk's certificate may not write another kiosk's topics or its own ack topic
+        # (forging acks), nor read another kiosk's acks; its own topics it may
+        verdicts = forbidden_and_allowed(broker.port, pki, (kiosk_cert, kiosk_key), (centre_cert, centre_key))
+        assert verdicts == {
+            f"write ektp/v1/{OTHER}/enrollment": "Not authorized",
+            f"write ektp/v1/{OTHER}/status": "Not authorized",
+            f"write ektp/v1/{KIOSK}/ack": "Not authorized",
+            f"write ektp/v1/{KIOSK}/health": "Success",
+            f"read ektp/v1/{OTHER}/ack": "nothing",
+            f"read ektp/v1/{KIOSK}/ack": "received",
+        }, verdicts
     finally:
         kiosk.stop()
         centre.stop()
         broker.stop()
+
+
+def forbidden_and_allowed(
+    port: int, pki: Pki, kiosk_files: tuple[Path, Path], centre_files: tuple[Path, Path]
+) -> dict[str, str]:
+    """What the broker does with a client holding the kiosk's certificate: the PUBACK reason of
+    each publish, and whether an ack published with the centre's certificate reaches it."""
+    (cert, key), (centre_cert, centre_key) = kiosk_files, centre_files
+    verdicts: dict[str, str] = {}
+    got: list[str] = []
+    pubacks: dict[int, str] = {}
+    kiosk = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{KIOSK}-probe", protocol=mqtt.MQTTv5)
+    kiosk.tls_set(ca_certs=str(pki.ca_file), certfile=str(cert), keyfile=str(key))
+    kiosk.on_publish = lambda c, u, mid, rc, p: pubacks.__setitem__(mid, str(rc))
+    kiosk.on_message = lambda c, u, m: got.append(m.topic)
+    subscribed = threading.Event()
+    kiosk.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    kiosk.connect("127.0.0.1", port)
+    kiosk.loop_start()
+    centre = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ektp-central-probe", protocol=mqtt.MQTTv5)
+    centre.tls_set(ca_certs=str(pki.ca_file), certfile=str(centre_cert), keyfile=str(centre_key))
+    centre.connect("127.0.0.1", port)
+    centre.loop_start()
+    try:
+        kiosk.subscribe([(f"ektp/v1/{OTHER}/ack", 1), (f"ektp/v1/{KIOSK}/ack", 1)])
+        wait_for(subscribed.is_set, 10, "the probe's subscriptions")
+        for topic in (
+            f"ektp/v1/{OTHER}/enrollment",
+            f"ektp/v1/{OTHER}/status",
+            f"ektp/v1/{KIOSK}/ack",
+            f"ektp/v1/{KIOSK}/health",
+        ):
+            info = kiosk.publish(topic, b"{}", qos=1)
+            wait_for(lambda m=info.mid: m in pubacks, 10, f"the PUBACK of {topic}")  # type: ignore[misc]
+            verdicts[f"write {topic}"] = pubacks[info.mid]
+        # the centre writes the other kiosk's ack first, then this kiosk's: when the second has
+        # come, the first would have come before it
+        for topic in (f"ektp/v1/{OTHER}/ack", f"ektp/v1/{KIOSK}/ack"):
+            centre.publish(topic, b"ack", qos=1).wait_for_publish(5)
+        wait_for(lambda: f"ektp/v1/{KIOSK}/ack" in got, 10, "the kiosk's own ack")
+        for topic in (f"ektp/v1/{OTHER}/ack", f"ektp/v1/{KIOSK}/ack"):
+            verdicts[f"read {topic}"] = "received" if topic in got else "nothing"
+    finally:
+        for c in (kiosk, centre):
+            c.disconnect()
+            c.loop_stop()
+    return verdicts
 
 
 def test_a_kiosk_without_a_client_certificate_is_refused_and_keeps_everything(tmp_path: Path) -> None:

@@ -124,19 +124,22 @@ def test_a_failing_health_snapshot_does_not_stop_health_or_the_link(
 
 
 def test_stop_while_waiting_for_connack_is_prompt(
-    tmp_path: Path, stack: contextlib.ExitStack, broker: Broker, keys: Keys
+    tmp_path: Path, stack: contextlib.ExitStack, broker: Broker, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The broker accepts TCP but never answers CONNECT: stop() must not wait out the CONNACK
-    timeout (10 s), or the service's shutdown would cancel the link mid-connect."""
+    timeout, or the service's shutdown would cancel the link mid-connect. The timeout and the
+    keepalive (paho gives a silent connection up after it) are an hour here, so a stop that
+    waited for either could not finish (Kiosk.stop gives it 10 s); how prompt the stop is, is
+    measured in bench/timings.py."""
+    monkeypatch.setattr(agent.link.drain, "CONNECT_TIMEOUT_S", 3600.0)
     proxy = TcpProxy(broker.port)
     stack.callback(proxy.close)
     proxy.stall(True)
-    kiosk = Kiosk(tmp_path / "k", proxy.port, keys)
+    kiosk = Kiosk(tmp_path / "k", proxy.port, keys, keepalive_s=3600)
     wait_for(lambda: proxy.accepted >= 1, 10, "the kiosk's TCP connection")
-    started = time.monotonic()
     kiosk.stop()
-    assert time.monotonic() - started < 2.0
     assert not kiosk.link.stats.connected
+    assert "CONNACK" not in kiosk.link.stats.last_error  # stopped while waiting, not timed out
 
 
 def test_a_dropped_connection_is_never_revived_by_paho(
