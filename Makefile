@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto system-packages run test lint typecheck pytest bench chaos clean
+.PHONY: all setup mosquitto system-packages run test lint typecheck pytest bench chaos mutation timings clean
 
 all: test
 
@@ -64,10 +64,20 @@ bench: setup
 	$(PY) bench/thin_link.py
 	$(PY) bench/thin_link.py --rate-kbit 128 --cut-every 60
 	$(PY) bench/sync_outage.py
+	$(PY) bench/timings.py
 
 # The full chaos runs of docs/reliability.md (about 25 minutes).
 chaos: setup
 	$(PY) bench/chaos.py
+
+# Every mutation of docs/reliability.md applied in a scratch copy of HEAD, one at a time, with
+# the tests that guard its promise run against it; each must fail (about 20 minutes).
+mutation: setup
+	$(PY) bench/mutation.py --control
+
+# The time limits that left the correctness tests, measured (docs/benchmarks.md; about a minute).
+timings: setup
+	$(PY) bench/timings.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
