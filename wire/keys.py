@@ -76,7 +76,7 @@ def create_kiosk_key(private_path: Path, *, force: bool = False) -> Ed25519Priva
 
 def load_kiosk_private(path: Path) -> Ed25519PrivateKey:
     """:raises KeyFileError: missing, too open a mode, or not an Ed25519 private key"""
-    (key,) = _load_private_blocks(path, expect=1)
+    (key,) = _load_private_blocks(path, "the kiosk's private key", MAKE_KIOSK_KEY, expect=1)
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileInvalid(f"{path} holds a {type(key).__name__}, not the kiosk's Ed25519 key", path=path)
     return key
@@ -84,7 +84,7 @@ def load_kiosk_private(path: Path) -> Ed25519PrivateKey:
 
 def load_kiosk_public(path: Path) -> Ed25519PublicKey:
     """:raises KeyFileError: missing or not an Ed25519 public key"""
-    (key,) = _load_public_blocks(path, expect=1)
+    (key,) = _load_public_blocks(path, "the kiosk's public key", FETCH_KIOSK_PUBLIC, expect=1)
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileInvalid(
             f"{path} holds a {type(key).__name__}, not a kiosk's Ed25519 public key", path=path
@@ -129,7 +129,7 @@ def create_central_keys(private_path: Path, *, force: bool = False) -> CentralPr
 
 def load_central_private(path: Path) -> CentralPrivateKeys:
     """:raises KeyFileError: missing, too open, or not one X25519 and one Ed25519 private key"""
-    blocks = _load_private_blocks(path, expect=2)
+    blocks = _load_private_blocks(path, "the centre's private key", MAKE_CENTRAL_KEYS, expect=2)
     enc = [k for k in blocks if isinstance(k, X25519PrivateKey)]
     sig = [k for k in blocks if isinstance(k, Ed25519PrivateKey)]
     if len(enc) != 1 or len(sig) != 1:
@@ -141,7 +141,7 @@ def load_central_private(path: Path) -> CentralPrivateKeys:
 
 def load_central_public(path: Path) -> CentralPublicKeys:
     """:raises KeyFileError: missing, or not one X25519 and one Ed25519 public key"""
-    blocks = _load_public_blocks(path, expect=2)
+    blocks = _load_public_blocks(path, "the centre's public key", FETCH_CENTRAL_PUBLIC, expect=2)
     enc = [k for k in blocks if isinstance(k, X25519PublicKey)]
     sig = [k for k in blocks if isinstance(k, Ed25519PublicKey)]
     if len(enc) != 1 or len(sig) != 1:
@@ -211,11 +211,25 @@ def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
         os.close(dir_fd)
 
 
-def _read(path: Path, what: str) -> bytes:
+# What to do about a missing key file depends on whose key it is and which end reads it: a
+# kiosk makes its own pair, but the centre's public key must be copied from the centre.
+MAKE_KIOSK_KEY = "create it with `ektp-agent keys init`"
+FETCH_KIOSK_PUBLIC = (
+    "give the `.pub` file whose path `ektp-agent keys init` (or `ektp-agent keys show`) printed on the"
+    " kiosk, copied to this machine"
+)
+MAKE_CENTRAL_KEYS = "create it with `ektp-central keys init`"
+FETCH_CENTRAL_PUBLIC = (
+    "copy it here from the centre: it is the `.pub` file whose path `ektp-central keys init` printed"
+    " there (do not run `keys init` on the kiosk for it: that makes the kiosk's own key)"
+)
+
+
+def _read(path: Path, what: str, advice: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise KeyFileMissing(f"{what} {path} does not exist; create it with `keys init`", path=path) from None
+        raise KeyFileMissing(f"{what} {path} does not exist; {advice}", path=path) from None
     except OSError as exc:
         raise KeyFileInvalid(f"cannot read {what} {path}: {exc.strerror}", path=path) from exc
 
@@ -227,8 +241,8 @@ def _blocks(path: Path, data: bytes, expect: int) -> list[bytes]:
     return blocks
 
 
-def _load_private_blocks(path: Path, *, expect: int) -> list[object]:
-    data = _read(path, "private key")
+def _load_private_blocks(path: Path, what: str, advice: str, *, expect: int) -> list[object]:
+    data = _read(path, what, advice)
     check_private_mode(path)
     out: list[object] = []
     for block in _blocks(path, data, expect):
@@ -241,8 +255,8 @@ def _load_private_blocks(path: Path, *, expect: int) -> list[object]:
     return out
 
 
-def _load_public_blocks(path: Path, *, expect: int) -> list[object]:
-    data = _read(path, "public key")
+def _load_public_blocks(path: Path, what: str, advice: str, *, expect: int) -> list[object]:
+    data = _read(path, what, advice)
     out: list[object] = []
     for block in _blocks(path, data, expect):
         try:
