@@ -1,9 +1,11 @@
 """The agent's TOML configuration, loaded into typed, frozen objects with defaults.
 
-Every key is declared once, in a section dataclass below, with its type, default and
-(where the type is not enough) a check that says what is expected. Unknown sections
-and keys are errors: a typo in a config file must not silently fall back to a default.
-Relative paths are taken relative to the config file's directory.
+Every key is declared once, in a section dataclass below, with its type, default, its
+meaning for a technician and (where the type is not enough) a check that says what is
+expected. The loader checks those declarations, and `config init` writes its commented
+file from them (:func:`config_template`), so the file cannot drift from the loader.
+Unknown sections and keys are errors: a typo in a config file must not silently fall
+back to a default. Relative paths are taken relative to the config file's directory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wire.config_file import KeyDoc, render
+from wire.keys import KeyFileError, KeyFileMissing, load_central_public, load_kiosk_private
 from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 
 DEFAULT_CONFIG_PATH = Path("/etc/ektp-agent/config.toml")
@@ -51,6 +55,24 @@ def _check(test: Callable[[Any], bool], expected: str) -> dict[str, object]:
     return {"check": test, "expected": expected}
 
 
+def _key(
+    *,
+    doc: str,
+    check: Callable[[Any], bool] | None = None,
+    expected: str = "",
+    default_text: str = "",
+    example: object = None,
+    hex: bool = False,
+) -> dict[str, object]:
+    """Field metadata of one config key: its meaning for the technician (``config init`` writes it
+    above the key), a default that is not a fixed value in words, an example for the commented
+    line, and, where the type is not enough, the check the loader makes."""
+    meta: dict[str, object] = {"doc": doc, "default_text": default_text, "example": example, "hex": hex}
+    if check is not None:
+        meta |= _check(check, expected)
+    return meta
+
+
 def _kiosk_id(value: str) -> bool:
     return KIOSK_ID_RE.fullmatch(value) is not None
 
@@ -60,123 +82,366 @@ def _default_kiosk_id() -> str:
     return name or "kiosk"
 
 
+def _seconds(low: float, high: float) -> Callable[[float], bool]:
+    return lambda v: low <= v <= high
+
+
+KIOSK_ID_WORDS = '1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")'
+POSITIVE_SECONDS = "seconds, > 0 and at most 86400"
+
+
 @dataclass(frozen=True, slots=True)
 class KioskConfig:
+    """This kit: its name at the centre, and where it keeps its state."""
+
     id: str = field(
         default_factory=_default_kiosk_id,
-        metadata=_check(_kiosk_id, '1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")'),
+        metadata=_key(
+            check=_kiosk_id,
+            expected=KIOSK_ID_WORDS,
+            doc="The kiosk's name: its level in the MQTT topics (ektp/v1/<id>/...) and its MQTT client id, the"
+            " MQTT user name (or TLS certificate CN) the broker expects, and the id it is registered under at"
+            " the centre (`ektp-central kiosk add ID`). Set it once; changing it later makes a new kiosk at"
+            " the centre.",
+            default_text='the host name, with characters other than A-Z a-z 0-9 _ - made "-"',
+            example="320715-01",
+        ),
     )
-    data_dir: Path = Path("/var/lib/ektp-agent")
+    data_dir: Path = field(
+        default=Path("/var/lib/ektp-agent"),
+        metadata=_key(
+            doc="Where the kiosk keeps its state: the outbox of enrollments not yet delivered, its signing"
+            " key, and the simulator's devices. The shipped systemd unit lets the service write nowhere else.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    host: str = field(default="localhost", metadata=_check(bool, "a host name or address"))
-    port: int = field(default=1883, metadata=_check(lambda v: 1 <= v <= 65535, "a TCP port, 1-65535"))
-    topic_prefix: str = field(
-        default="ektp/v1",
-        metadata=_check(
-            lambda v: (
-                TOPIC_PREFIX_RE.fullmatch(v) is not None and not v.startswith("/") and not v.endswith("/")
-            ),
-            "a topic prefix without wildcards or leading/trailing '/' (e.g. \"ektp/v1\")",
+    """The link to the MQTT broker: enrollments and health go to the centre, acknowledgements come back."""
+
+    host: str = field(
+        default="localhost",
+        metadata=_key(
+            check=bool,
+            expected="a host name or address",
+            doc="The MQTT broker that carries this kit's packets and health to the centre (no scheme, no port).",
         ),
     )
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive_s: int = field(default=30, metadata=_check(lambda v: 5 <= v <= 3600, "seconds, 5-3600"))
-    window: int = field(default=16, metadata=_check(lambda v: 1 <= v <= 1024, "packets in flight, 1-1024"))
+    port: int = field(
+        default=1883,
+        metadata=_key(
+            check=lambda v: 1 <= v <= 65535,
+            expected="a TCP port, 1-65535",
+            doc="The broker's TCP port: 1883 for plain MQTT, usually 8883 with TLS.",
+        ),
+    )
+    topic_prefix: str = field(
+        default="ektp/v1",
+        metadata=_key(
+            check=lambda v: (
+                TOPIC_PREFIX_RE.fullmatch(v) is not None and not v.startswith("/") and not v.endswith("/")
+            ),
+            expected="a topic prefix without wildcards or leading/trailing '/' (e.g. \"ektp/v1\")",
+            doc="The first levels of every topic; the centre's [mqtt] topic_prefix must be the same.",
+        ),
+    )
+    tls: bool = field(
+        default=False,
+        metadata=_key(
+            doc="Connect with TLS; the broker's certificate is checked against ca_file (or the system's CAs).",
+        ),
+    )
+    ca_file: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="The CA certificate (PEM) that signed the broker's certificate.",
+            default_text="none (the system's CAs are used)",
+            example="/etc/ektp-agent/mqtt-ca.crt",
+        ),
+    )
+    cert_file: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="This kiosk's TLS client certificate (PEM), when the broker knows kiosks by certificate (its"
+            " CN is the kiosk id).",
+            example="/etc/ektp-agent/mqtt-client.crt",
+        ),
+    )
+    key_file: Path | None = field(
+        default=None,
+        metadata=_key(doc="The private key (PEM) of cert_file.", example="/etc/ektp-agent/mqtt-client.key"),
+    )
+    username: str | None = field(
+        default=None,
+        metadata=_key(
+            doc="The MQTT user name, when the broker knows kiosks by password (usually the kiosk id).",
+            example="320715-01",
+        ),
+    )
+    password_file: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="A file whose first line is the MQTT password (owner root, group ektp, mode 0640); the"
+            " password itself never goes in this file.",
+            example="/etc/ektp-agent/mqtt-password",
+        ),
+    )
+    keepalive_s: int = field(
+        default=30,
+        metadata=_key(
+            check=lambda v: 5 <= v <= 3600,
+            expected="seconds, 5-3600",
+            doc="MQTT keep-alive: how long a silent link may last before the kiosk and the broker take it"
+            " for dead (the broker then publishes the kiosk's offline status).",
+        ),
+    )
+    window: int = field(
+        default=16,
+        metadata=_key(
+            check=lambda v: 1 <= v <= 1024,
+            expected="packets in flight, 1-1024",
+            doc="How many packets may be on their way to the centre at once, waiting for its"
+            " acknowledgement; a thin link carries fewer (the window follows the measured rate).",
+        ),
+    )
     # the smallest chunk a packet crosses the link in: 8 KiB is one second at 64 kbit/s; on a
     # faster link the chunk grows with the measured rate up to the whole packet
     chunk_bytes: int = field(
-        default=8192, metadata=_check(lambda v: 1024 <= v <= 16 * 1024 * 1024, "bytes, 1024-16777216")
+        default=8192,
+        metadata=_key(
+            check=lambda v: 1024 <= v <= 16 * 1024 * 1024,
+            expected="bytes, 1024-16777216",
+            doc="The smallest piece a packet crosses the link in (8 KiB is one second at 64 kbit/s); on a"
+            " faster link the pieces grow with the measured rate, up to the whole packet.",
+        ),
     )
     ack_timeout_s: float = field(
-        default=60.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+        default=60.0,
+        metadata=_key(
+            check=lambda v: 0 < v <= DAY_S,
+            expected=POSITIVE_SECONDS,
+            doc="With no answer from the centre about a packet in transfer for this long, the kiosk asks"
+            " the centre what it holds and resumes from there.",
+        ),
     )
     reconnect_min_s: float = field(
-        default=1.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+        default=1.0,
+        metadata=_key(
+            check=lambda v: 0 < v <= DAY_S,
+            expected=POSITIVE_SECONDS,
+            doc="The first wait before reconnecting after the link drops; it doubles at each failure (with"
+            " some randomness) up to reconnect_max_s.",
+        ),
     )
     reconnect_max_s: float = field(
-        default=120.0, metadata=_check(lambda v: 0 < v <= DAY_S, "seconds, > 0 and at most 86400")
+        default=120.0,
+        metadata=_key(
+            check=lambda v: 0 < v <= DAY_S,
+            expected=POSITIVE_SECONDS,
+            doc="The longest wait between two reconnection attempts (at least reconnect_min_s).",
+        ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
-    kiosk_private_key: Path | None = None  # default: {data_dir}/kiosk.key
-    central_public_key: Path = Path("/etc/ektp-agent/central.pub")
+    """The kiosk's signing key, and the centre's public key."""
+
+    kiosk_private_key: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="The kiosk's Ed25519 signing key (mode 0600), made by `ektp-agent keys init`; its public half,"
+            " this path with .pub added, is what the centre registers (`ektp-central kiosk add`).",
+            default_text="{data_dir}/kiosk.key",
+            example="/var/lib/ektp-agent/kiosk.key",
+        ),
+    )
+    central_public_key: Path = field(
+        default=Path("/etc/ektp-agent/central.pub"),
+        metadata=_key(
+            doc="The centre's public key file: packets are encrypted to it and the centre's"
+            " acknowledgements verified with it. Copy it from the centre: it is the .pub file whose path"
+            " `ektp-central keys init` printed there.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """The outbox: enrollments kept on the kit until the centre confirms it has stored them."""
+
     max_bytes: int = field(
         default=8_000_000_000,
-        metadata=_check(
-            lambda v: 1_000_000 <= v <= MAX_STORE_BYTES,
-            f"bytes, at least 1000000 (a few packets) and at most {MAX_STORE_BYTES} (the largest"
+        metadata=_key(
+            check=lambda v: 1_000_000 <= v <= MAX_STORE_BYTES,
+            expected=f"bytes, at least 1000000 (a few packets) and at most {MAX_STORE_BYTES} (the largest"
             " outbox SQLite can keep)",
+            doc="The most bytes of packets not yet delivered that the kiosk keeps: health warns above 80 %,"
+            " and at the bound new enrollments are refused (nothing undelivered is ever dropped). When set"
+            " here it must also fit the disk that holds the outbox.",
         ),
     )
-    path: Path | None = None  # default: {data_dir}/outbox.db
+    path: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="The outbox database file (SQLite).",
+            default_text="{data_dir}/outbox.db",
+            example="/var/lib/ektp-agent/outbox.db",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
+    """The kit's health report to the centre."""
+
     interval_s: float = field(
-        default=30.0, metadata=_check(lambda v: 0.5 <= v <= 86400, "seconds, 0.5-86400")
+        default=30.0,
+        metadata=_key(
+            check=_seconds(0.5, 86400),
+            expected="seconds, 0.5-86400",
+            doc="How often the kit publishes its health (it also does on every change); the peripherals are"
+            " self-tested twice as often.",
+        ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    socket: Path | None = (
-        None  # default: /run/ektp-agent/api.sock when that directory exists, else {data_dir}/api.sock
+    """The local API: the Unix socket the kiosk front end and the CLI reach the running service on."""
+
+    socket: Path | None = field(
+        default=None,
+        metadata=_key(
+            doc="The Unix socket of the local API.",
+            default_text="/run/ektp-agent/api.sock when that directory exists (under the systemd unit), else"
+            " {data_dir}/api.sock",
+            example="/run/ektp-agent/api.sock",
+        ),
     )
-    group: str | None = None  # group that may use the socket (mode 0660)
+    group: str | None = field(
+        default=None,
+        metadata=_key(
+            doc="The group that may use the socket (mode 0660).",
+            default_text="none (the service's own group)",
+            example="ektp",
+        ),
+    )
     # Each connection holds a file descriptor: beyond this many the service answers "busy"
     # and closes, so idle or runaway clients cannot use up its descriptors.
     max_connections: int = field(
-        default=64, metadata=_check(lambda v: 1 <= v <= 1024, "connections at once, 1-1024")
+        default=64,
+        metadata=_key(
+            check=lambda v: 1 <= v <= 1024,
+            expected="connections at once, 1-1024",
+            doc='The most clients connected at once; one more is answered "busy" and closed, so runaway'
+            " clients cannot use up the service's file descriptors.",
+        ),
     )
     # A connection with no request within this long is closed (between requests, not during one).
-    idle_timeout_s: float = field(default=60.0, metadata=_check(lambda v: 1 <= v <= 3600, "seconds, 1-3600"))
+    idle_timeout_s: float = field(
+        default=60.0,
+        metadata=_key(
+            check=_seconds(1, 3600),
+            expected="seconds, 1-3600",
+            doc="A connection that sends no request (or reads no answer) for this long is closed.",
+        ),
+    )
+
+
+ENABLED_DOC = "Use this device. An enrollment needs all four: disable one only on a bench or a training kit."
 
 
 @dataclass(frozen=True, slots=True)
 class FingerprintConfig:
-    enabled: bool = True
-    port: str = "/dev/ttyAMA0"
+    """The optical fingerprint module (R30x/R503/AS608 family) on a UART."""
+
+    enabled: bool = field(default=True, metadata=_key(doc=ENABLED_DOC))
+    port: str = field(
+        default="/dev/ttyAMA0",
+        metadata=_key(
+            doc="The serial port the module is wired to (on a Pi's GPIO header: /dev/serial0 or /dev/ttyAMA0).",
+        ),
+    )
     baud: int = field(
-        default=57600, metadata=_check(lambda v: v % 9600 == 0 and 1 <= v // 9600 <= 12, "N x 9600")
+        default=57600,
+        metadata=_key(
+            check=lambda v: v % 9600 == 0 and 1 <= v // 9600 <= 12,
+            expected="N x 9600",
+            doc="The module's serial speed, as the module is set.",
+        ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class SignatureConfig:
-    enabled: bool = True
-    port: str = "/dev/ttyUSB0"
-    baud: int = field(default=19200, metadata=_check(lambda v: v in (19200, 38400), "19200 or 38400"))
-    pen_up_quiet_s: float = field(default=1.5, metadata=_check(lambda v: 0.05 <= v <= 30, "seconds, 0.05-30"))
+    """The serial signature pad (Wacom ISDV4 family)."""
+
+    enabled: bool = field(default=True, metadata=_key(doc=ENABLED_DOC))
+    port: str = field(
+        default="/dev/ttyUSB0",
+        metadata=_key(
+            doc="The pad's serial port; a /dev/serial/by-id/... name stays the same when USB devices are"
+            " plugged in another order, /dev/ttyUSB0 may not.",
+        ),
+    )
+    baud: int = field(
+        default=19200,
+        metadata=_key(
+            check=lambda v: v in (19200, 38400),
+            expected="19200 or 38400",
+            doc="The pad's serial speed.",
+        ),
+    )
+    pen_up_quiet_s: float = field(
+        default=1.5,
+        metadata=_key(
+            check=_seconds(0.05, 30),
+            expected="seconds, 0.05-30",
+            doc="A signature ends when the pen stays up this long.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class IrisConfig:
-    enabled: bool = True
-    vid: int = field(default=0x1209, metadata=_check(lambda v: 0 <= v <= 0xFFFF, "a USB vendor id, 0-0xFFFF"))
+    """The USB iris camera."""
+
+    enabled: bool = field(default=True, metadata=_key(doc=ENABLED_DOC))
+    vid: int = field(
+        default=0x1209,
+        metadata=_key(
+            check=lambda v: 0 <= v <= 0xFFFF,
+            expected="a USB vendor id, 0-0xFFFF",
+            doc="The camera's USB vendor id, as `lsusb` shows it (the part before the colon).",
+            hex=True,
+        ),
+    )
     pid: int = field(
-        default=0x0001, metadata=_check(lambda v: 0 <= v <= 0xFFFF, "a USB product id, 0-0xFFFF")
+        default=0x0001,
+        metadata=_key(
+            check=lambda v: 0 <= v <= 0xFFFF,
+            expected="a USB product id, 0-0xFFFF",
+            doc="The camera's USB product id, as `lsusb` shows it (the part after the colon).",
+            hex=True,
+        ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
-    enabled: bool = True
-    index: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 16, "a camera number, 0-16"))
+    """The face camera (a Raspberry Pi camera module, through picamera2)."""
+
+    enabled: bool = field(default=True, metadata=_key(doc=ENABLED_DOC))
+    index: int = field(
+        default=0,
+        metadata=_key(
+            check=lambda v: 0 <= v <= 16,
+            expected="a camera number, 0-16",
+            doc="Which camera: its number in `rpicam-hello --list-cameras` (0 is the first).",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,3 +691,135 @@ def as_dict(config: AgentConfig) -> dict[str, Any]:
         "sim_dir": str(config.sim_dir),
     }
     return out
+
+
+# ----------------------------------------------------------------------------- the commented file
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every key the loader reads, in file order, as `config init` and docs/configuration.md show it."""
+    return list(_key_docs(AgentConfig, ""))
+
+
+def _key_docs(cls: type, prefix: str) -> Iterator[KeyDoc]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in ("source", "explicit"):
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _key_docs(hint, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            continue
+        meta = f.metadata
+        yield KeyDoc(
+            section=prefix.rstrip("."),
+            name=f.name,
+            meaning=str(meta["doc"]),
+            default=None if f.default is dataclasses.MISSING else f.default,
+            default_text=str(meta["default_text"]),
+            allowed=str(meta.get("expected") or _type_words(hint)),
+            example=meta["example"],
+            hex=bool(meta["hex"]),
+        )
+
+
+def _type_words(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if args else hint
+    return {bool: "true or false", Path: "a path"}.get(target, "")
+
+
+def section_docs() -> dict[str, str]:
+    """Each section's one line, from its dataclass's docstring ("devices.fingerprint": "...")."""
+    return dict(_section_docs(AgentConfig, ""))
+
+
+def _section_docs(cls: type, prefix: str) -> Iterator[tuple[str, str]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if not dataclasses.is_dataclass(hint):
+            continue
+        inner = typing.get_type_hints(hint)
+        if all(dataclasses.is_dataclass(inner[g.name]) for g in dataclasses.fields(hint)):
+            yield from _section_docs(hint, f"{prefix}{f.name}.")  # type: ignore[arg-type]  # [devices]
+        else:
+            yield f"{prefix}{f.name}", (hint.__doc__ or "").strip()
+
+
+def config_template(
+    *, kiosk_id: str | None = None, broker: tuple[str, int | None] | None = None, simulate: bool = False
+) -> str:
+    """The commented config `ektp-agent config init` writes: every key with its meaning and default.
+
+    The keys given here are set; all others are commented out, so the file loads as the defaults.
+    """
+    values: dict[str, object] = {}
+    if kiosk_id is not None:
+        values["kiosk.id"] = kiosk_id
+    if broker is not None:
+        values["mqtt.host"] = broker[0]
+        if broker[1] is not None:
+            values["mqtt.port"] = broker[1]
+    header = [
+        "ektp-agent configuration (TOML), written by `ektp-agent config init`. The agent reads"
+        " /etc/ektp-agent/config.toml, or the file that --config PATH or $EKTP_CONFIG names.",
+        "",
+        "Every key the agent reads is below with its meaning, what it accepts and its default. A line"
+        ' that starts with "#" is not read, so a key left commented out takes its default: to change'
+        ' one, delete the "# " before it and edit the value. Relative paths are taken from this'
+        " file's directory. An unknown key is an error, never ignored.",
+        "",
+        "After every change: ektp-agent --config THIS_FILE config check",
+    ]
+    if simulate:
+        sim = KioskConfig().data_dir / "sim"
+        values["devices.fingerprint.port"] = str(sim / "fingerprint")
+        values["devices.signature.port"] = str(sim / "signature")
+        header += [
+            "",
+            "A simulated kit: the serial ports below are the simulator's, in the sim directory of"
+            f" data_dir ({sim}; change them with data_dir). Start it with: ektp-agent --config"
+            " THIS_FILE run --simulate",
+        ]
+    return render(header, key_docs(), section_docs(), values)
+
+
+# ----------------------------------------------------------------------------- keys before `run`
+
+
+@dataclass(frozen=True, slots=True)
+class MissingKeyFile:
+    """A key file `run` needs that is not there yet: the next step, not a config error."""
+
+    key: str
+    path: Path
+    advice: str  # the key loader's own words: what the file is and where it comes from
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "file": str(self.path), "reason": self.advice}
+
+
+def check_key_files(config: AgentConfig) -> list[MissingKeyFile]:
+    """The key files `run` loads: those missing (each with what to do), after checking those present.
+
+    A file this user may not read is not checked (the service's user is the one that must).
+    :raises ConfigError: a key file is there but cannot be used (mode, content), naming its key
+    """
+    missing: list[MissingKeyFile] = []
+    checks: list[tuple[str, Path, Callable[[Path], object]]] = [
+        ("keys.kiosk_private_key", config.kiosk_private_key, load_kiosk_private),
+        ("keys.central_public_key", config.keys.central_public_key, load_central_public),
+    ]
+    for key, path, load in checks:
+        try:
+            load(path)
+        except KeyFileMissing as exc:
+            missing.append(MissingKeyFile(key, path, str(exc)))
+        except KeyFileError as exc:
+            if isinstance(exc.__cause__, PermissionError):
+                continue  # unreadable to this user: the service's user is the one that must read it
+            raise ConfigError(key, str(path), f"a usable key file, but {exc}", path=config.source) from exc
+        except PermissionError:
+            continue
+    return missing

@@ -1,4 +1,9 @@
-"""The central consumer's TOML configuration: [mqtt], [store], [keys]."""
+"""The central consumer's TOML configuration: [mqtt], [store], [keys].
+
+Each key is declared once in ``_KEYS`` with its type, check and meaning; its default is the
+field's in CentralConfig or CentralMqtt. The loader checks those declarations and `config
+init` writes its commented file from them (:func:`config_template`), so neither drifts.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from wire.config_file import KeyDoc, render
+from wire.keys import KeyFileError, KeyFileMissing, load_central_private
 from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 
 DEFAULT_CENTRAL_CONFIG = Path("/etc/ektp-central/config.toml")
@@ -92,11 +99,16 @@ class CentralConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    """One config key: its TOML type and, where the type is not enough, what else it must be."""
+    """One config key: its TOML type, where the type is not enough what else it must be, and its
+    meaning for the technician (`config init` writes it above the key; the default is the field's
+    in CentralConfig or CentralMqtt, see :func:`default_value`)."""
 
     kind: type
     check: Callable[[Any], bool] | None = None
     expected: str = ""
+    meaning: str = ""
+    default_text: str = ""  # a default that is not a fixed value, in words
+    example: object = None  # shown, commented out, for a key without a fixed default
 
 
 def _no_controls(text: str) -> bool:
@@ -131,9 +143,17 @@ _RECONNECT = "whole seconds, 1-86400"
 _KEYS: dict[str, dict[str, _Key]] = {
     "mqtt": {
         "host": _Key(
-            str, _host, 'a host name or IP address without a scheme or a port (e.g. "broker.example")'
+            str,
+            _host,
+            'a host name or IP address without a scheme or a port (e.g. "broker.example")',
+            meaning="The MQTT broker the kiosks publish to.",
         ),
-        "port": _Key(int, lambda v: 1 <= v <= 65535, "a TCP port, 1-65535"),
+        "port": _Key(
+            int,
+            lambda v: 1 <= v <= 65535,
+            "a TCP port, 1-65535",
+            meaning="The broker's TCP port: 1883 for plain MQTT, usually 8883 with TLS.",
+        ),
         "topic_prefix": _Key(
             str,
             lambda v: (
@@ -141,51 +161,129 @@ _KEYS: dict[str, dict[str, _Key]] = {
             ),
             'a topic prefix of A-Z a-z 0-9 _ . - / without wildcards or a leading or trailing "/"'
             ' (e.g. "ektp/v1", as the kiosks\' [mqtt] topic_prefix)',
+            meaning="The first levels of every topic; every kiosk's [mqtt] topic_prefix must be the same.",
         ),
         "instance": _Key(
             str,
             lambda v: KIOSK_ID_RE.fullmatch(v) is not None,
             '1-64 characters from A-Z a-z 0-9 _ - (e.g. "main")',
+            meaning="This consumer's name among those on one host; the MQTT client id is made from it.",
         ),
         "client_id": _Key(
-            str, _mqtt_string, "a non-empty MQTT client id without control characters (or leave it out)"
+            str,
+            _mqtt_string,
+            "a non-empty MQTT client id without control characters (or leave it out)",
+            meaning="The MQTT client id. The default is the same at every start, so a restarted consumer"
+            " resumes its broker session (and what the broker queued for it); two consumers on one host"
+            " need two instance names.",
+            default_text="ektp-central-{hostname}-{instance}",
+            example="ektp-central-centre1-main",
         ),
         "share_group": _Key(
             str,
             _share_group,
             "a shared-subscription group name: 1-128 characters, none of / + # or control characters"
             ' (e.g. "ektp-central")',
+            meaning="The shared-subscription group: the consumers in one group split the kiosks' packets"
+            " between them.",
         ),
-        "tls": _Key(bool),
-        "ca_file": _Key(Path),
-        "cert_file": _Key(Path),
-        "key_file": _Key(Path),
-        "username": _Key(str, _mqtt_string, "a non-empty MQTT user name without control characters"),
-        "password_file": _Key(Path),
+        "tls": _Key(
+            bool,
+            meaning="Connect with TLS; the broker's certificate is checked against ca_file (or the system's"
+            " CAs). ca_file, cert_file and key_file are refused without it.",
+        ),
+        "ca_file": _Key(
+            Path,
+            meaning="The CA certificate (PEM) that signed the broker's certificate (needs tls = true).",
+            default_text="none (the system's CAs are used)",
+            example="/etc/ektp-central/mqtt-ca.crt",
+        ),
+        "cert_file": _Key(
+            Path,
+            meaning="The centre's TLS client certificate (PEM), when the broker asks for one (needs"
+            " tls = true).",
+            example="/etc/ektp-central/mqtt-client.crt",
+        ),
+        "key_file": _Key(
+            Path,
+            meaning="The private key (PEM) of cert_file.",
+            example="/etc/ektp-central/mqtt-client.key",
+        ),
+        "username": _Key(
+            str,
+            _mqtt_string,
+            "a non-empty MQTT user name without control characters",
+            meaning="The MQTT user name, when the broker asks for a password.",
+            example="ektp-central",
+        ),
+        "password_file": _Key(
+            Path,
+            meaning="A file whose first line is the MQTT password (needs username; mode 0640 or tighter);"
+            " the password itself never goes in this file.",
+            example="/etc/ektp-central/mqtt-password",
+        ),
         "session_expiry_s": _Key(
             int,
             lambda v: 0 <= v <= MAX_SESSION_EXPIRY_S,
             f"whole seconds, 0-{MAX_SESSION_EXPIRY_S} (MQTT's session expiry interval)",
+            meaning="How long the broker keeps this consumer's session, and queues its messages, across a"
+            " disconnect.",
         ),
-        "reconnect_min_s": _Key(int, lambda v: 1 <= v <= DAY_S, _RECONNECT),
-        "reconnect_max_s": _Key(int, lambda v: 1 <= v <= DAY_S, _RECONNECT),
+        "reconnect_min_s": _Key(
+            int,
+            lambda v: 1 <= v <= DAY_S,
+            _RECONNECT,
+            meaning="The first wait before reconnecting after the link drops; it grows up to reconnect_max_s.",
+        ),
+        "reconnect_max_s": _Key(
+            int,
+            lambda v: 1 <= v <= DAY_S,
+            _RECONNECT,
+            meaning="The longest wait between two reconnection attempts (at least reconnect_min_s).",
+        ),
     },
     "store": {
-        "url": _Key(str, _store_url, "a SQLite file path or a postgresql:// URL"),
-        "quarantine_dir": _Key(Path),
+        "url": _Key(
+            str,
+            _store_url,
+            "a SQLite file path or a postgresql:// URL",
+            meaning="The store: a SQLite file (made on first use, with its directory), or a postgresql://"
+            " URL at scale (its password is never printed).",
+        ),
+        "quarantine_dir": _Key(
+            Path,
+            meaning="Not used: the quarantine is kept in the store. Still accepted so that older config"
+            " files load.",
+            example="/var/lib/ektp-central/quarantine",
+        ),
         "partial_expiry_s": _Key(
             float,
             lambda v: math.isfinite(v) and 0 < v <= MAX_PARTIAL_EXPIRY_S,
-            f"a number of seconds above 0 and at most {MAX_PARTIAL_EXPIRY_S} (100 years);"
-            " default 604800, 7 days",
+            f"a number of seconds above 0 and at most {MAX_PARTIAL_EXPIRY_S} (100 years)",
+            meaning="A packet in transfer whose newest chunk is older than this is dropped (604800 is 7"
+            " days); the kiosk then sends it again from its start.",
         ),
         "quarantine_cap_bytes": _Key(
             int,
             lambda v: MIN_QUARANTINE_CAP <= v <= MAX_QUARANTINE_CAP,
-            f"bytes, {MIN_QUARANTINE_CAP} (1 MiB) to {MAX_QUARANTINE_CAP} (1 TiB); default {QUARANTINE_CAP_BYTES}",
+            f"bytes, {MIN_QUARANTINE_CAP} (1 MiB) to {MAX_QUARANTINE_CAP} (1 TiB)",
+            meaning="What the quarantine may hold per kiosk (268435456 is 256 MiB); beyond it an input is"
+            " counted, not kept.",
         ),
     },
-    "keys": {"central_private_key": _Key(Path)},
+    "keys": {
+        "central_private_key": _Key(
+            Path,
+            meaning="The centre's private keys (mode 0600), made by `ektp-central keys init`. The public"
+            " file beside it, this path with .pub added, goes to every kiosk as its"
+            " keys.central_public_key.",
+        )
+    },
+}
+_SECTIONS = {
+    "mqtt": "The broker: the kiosks' packets and health arrive through it, acknowledgements leave.",
+    "store": "Where the centre keeps packets, the fleet's health, the quarantine and the kiosks' keys.",
+    "keys": "The centre's own key pairs: packets are encrypted to one, acknowledgements signed with the other.",
 }
 
 
@@ -209,6 +307,14 @@ def load_central_config(path: Path, *, required: bool = True) -> CentralConfig:
         ) from exc
     except OSError as exc:
         raise ConfigError("(file)", str(path), f"a readable file ({exc.strerror})", path=path) from exc
+    return parse_central_config(text, path)
+
+
+def parse_central_config(text: str, path: Path) -> CentralConfig:
+    """Validate TOML text as the file at ``path`` (relative paths are taken from its directory).
+
+    :raises ConfigError: naming the file, the key, the value and what is expected
+    """
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -303,3 +409,144 @@ def _check_combinations(mqtt: dict[str, Any], path: Path) -> None:
         raise ConfigError(
             "mqtt.password_file", str(mqtt["password_file"]), "[mqtt] username beside it", path=path
         )
+
+
+# ----------------------------------------------------------------------------- the commented file
+
+
+def default_value(section: str, key: str, config: CentralConfig | None = None) -> Any:
+    """The value of [section] key in ``config`` (default: the built-in config)."""
+    c = config if config is not None else CentralConfig()
+    if section == "mqtt":
+        return getattr(c.mqtt, key)
+    if section == "store":
+        return getattr(c, "store_url" if key == "url" else key)
+    return getattr(c, key)
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every key the loader reads, in file order, as `config init` and docs/configuration.md show it."""
+    docs = []
+    for section, keys in _KEYS.items():
+        for name, spec in keys.items():
+            default = None if spec.default_text else default_value(section, name)
+            docs.append(
+                KeyDoc(
+                    section=section,
+                    name=name,
+                    meaning=spec.meaning,
+                    default=default,
+                    default_text=spec.default_text,
+                    allowed=spec.expected or {bool: "true or false", Path: "a path"}.get(spec.kind, ""),
+                    example=spec.example,
+                )
+            )
+    return docs
+
+
+def section_docs() -> dict[str, str]:
+    return dict(_SECTIONS)
+
+
+def config_template(*, broker: tuple[str, int | None] | None = None) -> str:
+    """The commented config `ektp-central config init` writes: every key with its meaning and default.
+
+    The keys given here are set; all others are commented out, so the file loads as the defaults.
+    """
+    values: dict[str, object] = {}
+    if broker is not None:
+        values["mqtt.host"] = broker[0]
+        if broker[1] is not None:
+            values["mqtt.port"] = broker[1]
+    header = [
+        "ektp-central configuration (TOML), written by `ektp-central config init`. The centre reads"
+        " /etc/ektp-central/config.toml, or the file that --config PATH or $EKTP_CENTRAL_CONFIG names;"
+        " without one every command but `config init` stops.",
+        "",
+        "Every key the centre reads is below with its meaning, what it accepts and its default. A line"
+        ' that starts with "#" is not read, so a key left commented out takes its default: to change'
+        ' one, delete the "# " before it and edit the value. Relative paths are taken from this'
+        " file's directory. An unknown key is an error, never ignored.",
+        "",
+        "After every change: ektp-central --config THIS_FILE config check",
+    ]
+    return render(header, key_docs(), section_docs(), values)
+
+
+# ----------------------------------------------------------------------------- before `run`
+
+
+def check_environment(config: CentralConfig) -> None:
+    """The TLS and password files the config names exist (`config check` and `run` call it).
+
+    A file this user may not look at is not an error here (the service's user is the one that
+    must read it); `run` says so when it cannot.
+    :raises ConfigError: naming the key and the file
+    """
+    m = config.mqtt
+    for key, file in (
+        ("password_file", m.password_file),
+        ("ca_file", m.ca_file),
+        ("cert_file", m.cert_file),
+        ("key_file", m.key_file),
+    ):
+        if file is None:
+            continue
+        try:
+            is_file = file.is_file()
+        except PermissionError:
+            continue
+        if not is_file:
+            what = "is not a regular file" if file.exists() else "does not exist"
+            raise ConfigError(
+                f"mqtt.{key}",
+                str(file),
+                f"an existing file ({file} {what}; the broker connection cannot be made without it)",
+                path=config.source,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class MissingKeyFile:
+    """A key file `run` needs that is not there yet: the next step, not a config error."""
+
+    key: str
+    path: Path
+    advice: str  # the key loader's own words
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "file": str(self.path), "reason": self.advice}
+
+
+def check_key_files(config: CentralConfig) -> list[MissingKeyFile]:
+    """The centre's private keys: missing (with what to do), or checked as `run` loads them.
+
+    :raises ConfigError: the file is there but cannot be used (mode, content)
+    """
+    path = config.central_private_key
+    try:
+        load_central_private(path)
+    except KeyFileMissing as exc:
+        return [MissingKeyFile("keys.central_private_key", path, str(exc))]
+    except KeyFileError as exc:
+        if not isinstance(exc.__cause__, PermissionError):  # unreadable to this user: not checked
+            raise ConfigError(
+                "keys.central_private_key", str(path), f"a usable key file, but {exc}", path=config.source
+            ) from exc
+    except PermissionError:
+        pass
+    return []
+
+
+def as_dict(config: CentralConfig) -> dict[str, dict[str, Any]]:
+    """The effective config by section and key, as JSON (paths as strings, a store password hidden)."""
+    from central.store import redact_url
+
+    out: dict[str, dict[str, Any]] = {}
+    for section, keys in _KEYS.items():
+        for name in keys:
+            value = default_value(section, name, config)
+            if section == "store" and name == "url":
+                value = redact_url(value)
+            out.setdefault(section, {})[name] = str(value) if isinstance(value, Path) else value
+    return out
