@@ -10,19 +10,40 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from agent import __version__, kiosk_keys
-from agent.config import AgentConfig, ConfigError, as_dict, check_environment, config_path, load_config
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    as_dict,
+    check_environment,
+    check_key_files,
+    config_path,
+    config_template,
+    load_config,
+    parse_config,
+)
+from wire.config_file import split_broker, write_config_file, write_error
 from wire.keys import KeyFileError, key_fingerprint, load_kiosk_private, public_path, raw_public
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
+# Commands that do not run on the built-in defaults: they would make state (the service's
+# outbox, a key pair) under a kiosk id and data dir nobody chose, or have nothing to check.
+NEEDS_CONFIG_FILE = frozenset({"run", "keys init", "keys rotate", "config check"})
+
+
 class Context:
-    """What every subcommand gets: the config, loaded once on first use."""
+    """What every subcommand gets: the config, loaded once on first use.
+
+    Without a config file (none named, and nothing at the default path) a command either
+    says so on stderr and uses the built-in defaults, or, for NEEDS_CONFIG_FILE, stops.
+    """
 
     def __init__(self, config_arg: str | None) -> None:
         self.path, self.explicit = config_path(config_arg)
@@ -31,11 +52,51 @@ class Context:
     @property
     def config(self) -> AgentConfig:
         if self._config is None:
-            try:
-                self._config = load_config(self.path, required=self.explicit)
-            except ConfigError as exc:
-                fail(str(exc), EXIT_USAGE)
+            if _exists(self.path):
+                try:
+                    self._config = load_config(self.path)
+                except ConfigError as exc:
+                    fail(str(exc), EXIT_USAGE)
+            else:
+                self._config = self._without_file()
         return self._config
+
+    def _without_file(self) -> AgentConfig:
+        write = f"or write one with: ektp-agent config init --to {self.path}"
+        if self.explicit:
+            fail(f"no config file at {self.path} (check --config or $EKTP_CONFIG, {write})", EXIT_USAGE)
+        command = _command_name()
+        if command in NEEDS_CONFIG_FILE:
+            fail(
+                f"no config file at {self.path}: `ektp-agent {command}` needs one (pass --config PATH, {write})",
+                EXIT_USAGE,
+            )
+        click.echo(
+            f"ektp-agent: no config file at {self.path} (pass --config PATH, {write}); using built-in defaults",
+            err=True,
+        )
+        return AgentConfig()
+
+
+def _exists(path: Path) -> bool:
+    """False only when nothing is there; a path this user may not look at is left to the loader."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _command_name() -> str:
+    """The subcommand being run, e.g. "keys init"."""
+    names: list[str] = []
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -82,6 +143,7 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
     \b
     Examples:
+      ektp-agent config init --kiosk-id 320715-01 --broker mqtt.example:8883 --to /etc/ektp-agent/config.toml
       ektp-agent --config /etc/ektp-agent/config.toml config check
       ektp-agent keys init
     """
@@ -96,7 +158,75 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
 @main.group("config")
 def config_group() -> None:
-    """Check the configuration."""
+    """Write a commented config file, or check one."""
+
+
+@config_group.command("init")
+@click.option(
+    "--kiosk-id", "kiosk_id", metavar="ID", help="Set [kiosk] id (e.g. 320715-01); default: the host name."
+)
+@click.option("--broker", metavar="HOST:PORT", help="Set [mqtt] host and port (e.g. mqtt.example:8883).")
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="A simulated kit: the serial ports are the simulator's, as `run --simulate` uses them.",
+)
+@click.option(
+    "--to",
+    "to",
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="Write the file here (mode 0640, the group of its directory). Default: print it on stdout.",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace what is at --to (atomically; a symlink itself, never its target)."
+)
+def config_init(
+    kiosk_id: str | None, broker: str | None, simulate: bool, to: Path | None, force: bool
+) -> None:
+    """Write a config with every key the agent reads: its meaning, what it accepts, its default.
+
+    Every key is commented out (so the file loads as the built-in defaults) except those
+    the options set. An existing file is never overwritten without --force. The same
+    file (without options) ships as examples/agent.toml.
+
+    \b
+    Examples:
+      ektp-agent config init --kiosk-id 320715-01 --broker mqtt.example:8883 \\
+          --to /etc/ektp-agent/config.toml
+      ektp-agent config init --simulate --kiosk-id 320715-01 --broker localhost:1883 --to ./agent.toml
+    """
+    address = None
+    if broker is not None:
+        try:
+            address = split_broker(broker)
+        except ValueError as exc:
+            fail(f"--broker {broker!r}: {exc}", EXIT_USAGE)
+    text = config_template(kiosk_id=kiosk_id, broker=address, simulate=simulate)
+    try:  # what is written must load: a value the loader refuses is named as the option
+        written = parse_config(text, path=to)
+    except ConfigError as exc:
+        option = {"kiosk.id": f"--kiosk-id {kiosk_id!r}"}.get(exc.key, f"--broker {broker!r}")
+        fail(f"{option}: expected {exc.expected}", EXIT_USAGE)
+    if kiosk_id is None:
+        click.echo(
+            f"ektp-agent: note: no --kiosk-id, so [kiosk] id is left to its default, this machine's host"
+            f" name ({written.kiosk.id}); set it before registering the kiosk at the centre",
+            err=True,
+        )
+    if to is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_config_file(to, text, force=force)
+    except FileExistsError as exc:
+        fail(write_error(exc, to), EXIT_USAGE)
+    except PermissionError:
+        fail(f"cannot write {to}: permission denied (run as root, e.g. with sudo)", EXIT_PROBLEM)
+    except OSError as exc:
+        fail(write_error(exc, to), EXIT_PROBLEM)
+    click.echo(f"config written: {to}")
+    click.echo(f"check it after every change: ektp-agent --config {to} config check")
 
 
 @config_group.command("check")
@@ -106,8 +236,13 @@ def config_check(ctx: Context, as_json: bool) -> None:
     """Validate the config file; exit 2 naming the key and the reason on error.
 
     Beyond each value: the MQTT files it names exist, reconnect_min_s is at most
-    reconnect_max_s, and an explicit store.max_bytes fits the disk that holds the store.
-    `run` makes the same checks before it starts.
+    reconnect_max_s, an explicit store.max_bytes fits the disk that holds the store, and
+    the key files, when there, are ones `run` can use. A key file not there yet is listed
+    as the next step (exit 0): `ektp-agent keys init` makes the kiosk's, the centre's
+    public key is copied from the centre. `run` makes the same checks.
+
+    JSON: {"ok": true, "path", "ready" (false while a key file is missing), "missing":
+    [{"key", "file", "reason"}], "config": the effective config}.
 
     \b
     Example:
@@ -116,19 +251,27 @@ def config_check(ctx: Context, as_json: bool) -> None:
     config = ctx.config
     try:
         check_environment(config)
+        missing = check_key_files(config)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if as_json:
-        emit_json({"ok": True, "path": str(ctx.path) if config.source else None, "config": as_dict(config)})
+        emit_json(
+            {
+                "ok": True,
+                "path": str(ctx.path),
+                "ready": not missing,
+                "missing": [m.to_json() for m in missing],
+                "config": as_dict(config),
+            }
+        )
         return
-    if config.source is None:
-        click.echo(
-            f"no config file at {ctx.path}: using the built-in defaults (kiosk id {config.kiosk.id!r})"
-        )
-    else:
-        click.echo(
-            f"config OK: {config.source} (kiosk {config.kiosk.id}, broker {config.mqtt.host}:{config.mqtt.port})"
-        )
+    click.echo(
+        f"config OK: {config.source} (kiosk {config.kiosk.id}, broker {config.mqtt.host}:{config.mqtt.port})"
+    )
+    if missing:
+        click.echo("before `ektp-agent run`:")
+        for m in missing:
+            click.echo(f"  {m.key}: {m.advice}")
 
 
 # ----------------------------------------------------------------------------- keys

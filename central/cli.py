@@ -10,11 +10,18 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from central.config import DEFAULT_CENTRAL_CONFIG, CentralConfig, ConfigError, load_central_config
+from central.config import (
+    DEFAULT_CENTRAL_CONFIG,
+    CentralConfig,
+    ConfigError,
+    check_environment,
+    load_central_config,
+)
 from wire import __version__
 from wire.keys import KeyFileError
 
@@ -36,21 +43,49 @@ def emit_json(doc: Any) -> None:
 
 
 class Context:
-    def __init__(self, config_arg: str | None) -> None:
-        from pathlib import Path
+    """What every command gets: the config, loaded on first use.
 
+    Without a config file every command that uses it stops (exit 2) rather than run on the
+    built-in defaults: those would create a store and keys under /var/lib/ektp-central that
+    nobody chose, and show an empty fleet as if it were the real one.
+    """
+
+    def __init__(self, config_arg: str | None) -> None:
         self.path = Path(config_arg) if config_arg else DEFAULT_CENTRAL_CONFIG
-        self.explicit = config_arg is not None
+        self.explicit = config_arg is not None  # --config or $EKTP_CENTRAL_CONFIG
         self._config: CentralConfig | None = None
 
     @property
     def config(self) -> CentralConfig:
         if self._config is None:
+            if not _exists(self.path):
+                write = f"or write one with: ektp-central config init --to {self.path}"
+                if self.explicit:
+                    fail(
+                        f"no config file at {self.path} (check --config or $EKTP_CENTRAL_CONFIG, {write})",
+                        EXIT_USAGE,
+                    )
+                fail(
+                    f"no config file at {self.path}: the centre does not run on built-in defaults"
+                    f" (pass --config PATH or set $EKTP_CENTRAL_CONFIG, {write})",
+                    EXIT_USAGE,
+                )
             try:
-                self._config = load_central_config(self.path, required=self.explicit)
+                self._config = load_central_config(self.path)
             except ConfigError as exc:
                 fail(str(exc), EXIT_USAGE)
         return self._config
+
+
+def _exists(path: Path) -> bool:
+    """False only when nothing is there; a path this user may not look at is left to the loader."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -72,6 +107,7 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
     \b
     Examples:
+      ektp-central config init --to central.toml
       ektp-central --config central.toml keys init
       ektp-central --config central.toml kiosk add 320715-01 --public-key kiosk.key.pub
       ektp-central --config central.toml run
@@ -461,6 +497,10 @@ def run_cmd(ctx: Context) -> None:
     from central.store import StoreError
 
     try:
+        check_environment(ctx.config)  # a missing TLS or password file, named before anything starts
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
         code = run_central(ctx.config)
     except KeyFileError as exc:
         fail(f"{exc} ([keys] central_private_key in {ctx.path})", EXIT_USAGE)
@@ -471,5 +511,6 @@ def run_cmd(ctx: Context) -> None:
     sys.exit(code)
 
 
-# The key commands register themselves on ``main``; imported last, once ``main`` exists.
+# The key and config commands register themselves on ``main``; imported last, once ``main`` exists.
+from central import cli_config as _config_commands  # noqa: E402, F401
 from central import cli_keys as _key_commands  # noqa: E402, F401

@@ -4,6 +4,7 @@ key and the file; `ektp-central run` stops at start (exit 2) on each."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from click.testing import CliRunner
 
 from central.cli import main
 from central.config import (
+    _KEYS,
     DEFAULT_PARTIAL_EXPIRY_S,
+    DEFAULT_STORE_URL,
     CentralConfig,
     CentralMqtt,
     ConfigError,
@@ -256,3 +259,113 @@ def test_partial_expiry_takes_whole_and_fractional_seconds(
     tmp_path: Path, value: str, expected: float
 ) -> None:
     assert load(tmp_path, f"[store]\npartial_expiry_s = {value}\n").partial_expiry_s == expected
+
+
+# ----------------------------------------------------------------------------- without a config file
+
+
+@pytest.fixture
+def no_default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from central import cli as central_cli
+
+    missing = tmp_path / "etc" / "config.toml"
+    monkeypatch.setattr(central_cli, "DEFAULT_CENTRAL_CONFIG", missing)
+    monkeypatch.delenv("EKTP_CENTRAL_CONFIG", raising=False)
+    return missing
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["fleet"], ["packets"], ["kiosks"], ["quarantine"], ["keys", "init"], ["config", "check"], ["run"]],
+)
+def test_without_a_config_file_the_centre_refuses_and_creates_nothing(
+    no_default_config: Path, command: list[str]
+) -> None:
+    """`fleet` used to create /var/lib/ektp-central/central.db and show an empty fleet."""
+    store = Path(DEFAULT_STORE_URL)
+    existed = store.exists()
+    done = CliRunner().invoke(main, command)
+    assert done.exit_code == 2, done.output
+    assert (
+        f"no config file at {no_default_config}: the centre does not run on built-in defaults" in done.stderr
+    )
+    assert f"ektp-central config init --to {no_default_config}" in done.stderr
+    assert done.stdout == ""
+    assert store.exists() == existed
+
+
+def test_without_a_config_file_config_init_and_help_work(no_default_config: Path) -> None:
+    assert CliRunner().invoke(main, ["--help"]).exit_code == 0
+    assert CliRunner().invoke(main, ["fleet", "--help"]).exit_code == 0
+    done = CliRunner().invoke(main, ["config", "init"])
+    assert done.exit_code == 0 and "[mqtt]" in done.stdout
+
+
+def test_a_named_config_file_that_is_missing_is_an_error(no_default_config: Path, tmp_path: Path) -> None:
+    named = tmp_path / "typo.toml"
+    done = CliRunner().invoke(main, ["fleet"], env={"EKTP_CENTRAL_CONFIG": str(named)})
+    assert done.exit_code == 2 and f"no config file at {named}" in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------------------- config check
+
+
+def test_config_check_names_a_missing_tls_file_and_run_stops_on_it(tmp_path: Path) -> None:
+    config = tmp_path / "central.toml"
+    ca = tmp_path / "tls" / "ca.crt"
+    config.write_text(f'[mqtt]\ntls = true\nca_file = "{ca}"\n[store]\nurl = "{tmp_path / "c.db"}"\n')
+    for command in (["config", "check"], ["config", "check", "--json"], ["run"]):
+        done = CliRunner().invoke(main, ["--config", str(config), *command])
+        assert done.exit_code == 2, (command, done.output)
+        assert "mqtt.ca_file" in done.stderr and f"{ca} does not exist" in done.stderr, done.stderr
+        assert done.stdout == ""
+    assert not (tmp_path / "c.db").exists(), "run stopped before it opened the store"
+
+
+def test_config_check_lists_the_missing_centre_key_then_checks_it(tmp_path: Path) -> None:
+    from wire.keys import create_central_keys
+
+    config = tmp_path / "central.toml"
+    config.write_text('[keys]\ncentral_private_key = "keys/central.key"\n')
+    key = tmp_path / "keys" / "central.key"
+    done = CliRunner().invoke(main, ["--config", str(config), "config", "check"])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0].startswith(f"config OK: {config}")
+    assert "before `ektp-central run`:" in done.stdout
+    assert f"keys.central_private_key: the centre's private key {key} does not exist" in done.stdout
+    assert "create it with `ektp-central keys init`" in done.stdout
+    create_central_keys(key)
+    done = CliRunner().invoke(main, ["--config", str(config), "config", "check", "--json"])
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is True and doc["ready"] is True and doc["missing"] == []
+    assert doc["config"]["keys"]["central_private_key"] == str(key)
+    key.chmod(0o644)
+    done = CliRunner().invoke(main, ["--config", str(config), "config", "check"])
+    assert done.exit_code == 2 and "keys.central_private_key" in done.stderr and "chmod 600" in done.stderr
+
+
+def test_config_check_json_has_every_key_and_hides_a_store_password(tmp_path: Path) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text('[store]\nurl = "postgresql://ektp:s3cr3t-pw@db.example/ektp"\n')
+    done = CliRunner().invoke(main, ["--config", str(config), "config", "check", "--json"])
+    assert done.exit_code == 0, done.output
+    assert "s3cr3t-pw" not in done.output
+    doc = json.loads(done.stdout)
+    assert doc["config"]["store"]["url"] == "postgresql://ektp:***@db.example/ektp"
+    assert {(s, k) for s, keys in doc["config"].items() for k in keys} == {
+        (s, k) for s, keys in _KEYS.items() for k in keys
+    }
+
+
+def test_kiosk_add_names_a_missing_public_key_and_where_it_comes_from(tmp_path: Path) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text(f'[store]\nurl = "{tmp_path / "c.db"}"\n')
+    missing = tmp_path / "320715-01.key.pub"
+    done = CliRunner().invoke(
+        main, ["--config", str(config), "kiosk", "add", "320715-01", "--public-key", str(missing)]
+    )
+    assert done.exit_code == 2, done.output
+    assert f"the kiosk's public key {missing} does not exist" in done.stderr
+    assert (
+        "the `.pub` file whose path `ektp-agent keys init` (or `ektp-agent keys show`) printed" in done.stderr
+    )

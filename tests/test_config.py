@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from agent.cli import main
 from agent.config import MAX_STORE_BYTES, ConfigError, load_config, parse_config
 from tests.agentkit import script
 
@@ -196,3 +200,110 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
         assert f"config {conf}" in p.stderr and "UTF-8" in p.stderr, p.stderr
         assert f"byte {data.index(0xC7)} (line 3)" in p.stderr
         assert "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- without a config file
+
+
+@pytest.fixture
+def no_default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The default config path is somewhere with nothing; no $EKTP_CONFIG; the umask kept."""
+    from agent import config as agent_config
+
+    missing = tmp_path / "etc" / "config.toml"
+    monkeypatch.setattr(agent_config, "DEFAULT_CONFIG_PATH", missing)
+    monkeypatch.delenv("EKTP_CONFIG", raising=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield missing
+    os.umask(umask)
+
+
+@pytest.mark.parametrize("command", [["run"], ["keys", "init"], ["keys", "rotate"], ["config", "check"]])
+def test_commands_that_make_state_refuse_to_run_without_a_config_file(
+    no_default_config: Path, command: list[str]
+) -> None:
+    done = CliRunner().invoke(main, command)
+    assert done.exit_code == 2, done.output
+    assert f"no config file at {no_default_config}: `ektp-agent {' '.join(command)}` needs one" in done.stderr
+    assert f"ektp-agent config init --to {no_default_config}" in done.stderr
+    assert done.stdout == ""
+
+
+def test_other_commands_say_they_use_the_built_in_defaults(no_default_config: Path, tmp_path: Path) -> None:
+    done = CliRunner().invoke(main, ["keys", "show"])
+    first = done.stderr.splitlines()[0]
+    assert first == (
+        f"ektp-agent: no config file at {no_default_config} (pass --config PATH, or write one with:"
+        f" ektp-agent config init --to {no_default_config}); using built-in defaults"
+    )
+
+
+def test_a_named_config_file_that_is_missing_is_an_error(no_default_config: Path, tmp_path: Path) -> None:
+    named = tmp_path / "typo.toml"
+    for args, env in ((["--config", str(named), "status"], {}), (["status"], {"EKTP_CONFIG": str(named)})):
+        done = CliRunner().invoke(main, args, env=env)
+        assert done.exit_code == 2 and f"no config file at {named}" in done.stderr, done.stderr
+        assert "--config or $EKTP_CONFIG" in done.stderr
+
+
+# ----------------------------------------------------------------------------- key files before `run`
+
+
+def test_config_check_lists_the_key_files_run_needs_with_the_right_advice(tmp_path: Path) -> None:
+    """The kiosk makes its own key; the centre's public key is copied from the centre."""
+    from wire.keys import create_central_keys
+
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[kiosk]\ndata_dir = "{tmp_path / "data"}"\n[keys]\ncentral_public_key = "central.key.pub"\n'
+    )
+    kiosk_key, central_pub = tmp_path / "data" / "kiosk.key", tmp_path / "central.key.pub"
+    p = _agent(conf, "config", "check")
+    assert p.returncode == 0, p.stderr
+    assert "before `ektp-agent run`:" in p.stdout
+    kiosk_line, central_line = p.stdout.splitlines()[2:4]
+    assert kiosk_line.strip().startswith(
+        f"keys.kiosk_private_key: the kiosk's private key {kiosk_key} does not"
+    )
+    assert "create it with `ektp-agent keys init`" in kiosk_line
+    assert central_line.strip().startswith(f"keys.central_public_key: the centre's public key {central_pub}")
+    assert (
+        "copy it here from the centre" in central_line and "`ektp-central keys init` printed" in central_line
+    )
+    assert "create it with" not in central_line
+    doc = json.loads(_agent(conf, "config", "check", "--json").stdout)
+    assert doc["ready"] is False
+    assert [(m["key"], m["file"]) for m in doc["missing"]] == [
+        ("keys.kiosk_private_key", str(kiosk_key)),
+        ("keys.central_public_key", str(central_pub)),
+    ]
+
+    assert _agent(conf, "keys", "init").returncode == 0
+    create_central_keys(tmp_path / "central.key")
+    p = _agent(conf, "config", "check")
+    assert p.returncode == 0 and "before" not in p.stdout, p.stdout
+    assert json.loads(_agent(conf, "config", "check", "--json").stdout)["ready"] is True
+
+    os.chmod(kiosk_key, 0o644)  # as run would: refused, named, with the fix
+    p = _agent(conf, "config", "check")
+    assert p.returncode == 2 and "keys.kiosk_private_key" in p.stderr and f"chmod 600 {kiosk_key}" in p.stderr
+    os.chmod(kiosk_key, 0o600)
+    central_pub.write_text(kiosk_key.with_name("kiosk.key.pub").read_text())  # the wrong .pub
+    p = _agent(conf, "config", "check")
+    assert p.returncode == 2 and "keys.central_public_key" in p.stderr and str(central_pub) in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_run_names_a_missing_centre_key_with_the_right_advice(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[kiosk]\ndata_dir = "{tmp_path / "data"}"\n[keys]\ncentral_public_key = "central.pub"\n'
+    )
+    assert _agent(conf, "keys", "init").returncode == 0
+    p = _agent(conf, "run")
+    assert p.returncode == 2, p.stderr
+    assert (
+        f"the centre's public key {tmp_path / 'central.pub'} does not exist; copy it here from the centre"
+        in p.stderr
+    )
