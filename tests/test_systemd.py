@@ -143,3 +143,16 @@ def test_broker_address_is_documented_not_pinned_in_the_unit() -> None:
     assert "IPAddressAllow" not in s
     ops = (UNITS.parent / "docs" / "operations.md").read_text()
     assert "IPAddressAllow=" in ops and "IPAddressDeny=any" in ops
+
+
+def test_agent_unit_documentation_is_a_file_the_install_has() -> None:
+    """Section 2 of operations.md checks the project out at /opt/ektp-agent, the unit's own
+    ExecStart directory: each file:// page the unit names is there, in the checkout."""
+    s = _unit_settings("ektp-agent.service")
+    pages = " ".join(s["Documentation"]).split()
+    assert pages, "the unit names its documentation"
+    prefix = "file:///opt/ektp-agent/"
+    assert s["ExecStart"][0].startswith("/opt/ektp-agent/")
+    for page in pages:
+        assert page.startswith(prefix), page
+        assert (UNITS.parent / page.removeprefix(prefix)).is_file(), page
