@@ -66,7 +66,6 @@ DOCS_TO_RUN = [d for d in DOCS if any(b.marker in RUNNABLE for b in blocks(d))]
 # markers (issue 11). strict: the day they have them, this entry must go.
 MARKERS_PENDING = {
     "benchmarks.md": "being rewritten with its commands as marked ```sh blocks (issue 11)",
-    "configuration.md": "new with config init; its ```sh blocks still need markers (issue 11)",
 }
 
 
