@@ -145,10 +145,11 @@ def test_broker_address_is_documented_not_pinned_in_the_unit() -> None:
     assert "IPAddressAllow=" in ops and "IPAddressDeny=any" in ops
 
 
-def test_agent_unit_documentation_is_a_file_the_install_has() -> None:
-    """Section 2 of operations.md checks the project out at /opt/ektp-agent, the unit's own
-    ExecStart directory: each file:// page the unit names is there, in the checkout."""
-    s = _unit_settings("ektp-agent.service")
+@pytest.mark.parametrize("unit", ["ektp-agent.service", "ektp-sim.service"])
+def test_unit_documentation_is_a_file_the_install_has(unit: str) -> None:
+    """Section 2 of operations.md checks the project out at /opt/ektp-agent, the units' own
+    ExecStart directory: each file:// page a unit names is there, in the checkout."""
+    s = _unit_settings(unit)
     pages = " ".join(s["Documentation"]).split()
     assert pages, "the unit names its documentation"
     prefix = "file:///opt/ektp-agent/"
