@@ -17,8 +17,9 @@ setup: $(STAMP) mosquitto
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install python3 (>= 3.11) and python3-venv"; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "error: cannot create $(VENV); on Debian run: $(SUDO) apt-get install python3-venv"; exit 2; }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "installing the package and its dev tools into $(VENV) (pip's output goes to $(VENV)/pip.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]'; } >$(VENV)/pip.log 2>&1 || \
+	  { tail -n 40 $(VENV)/pip.log; echo "error: pip failed: the last lines of its output are above, all of it in $(VENV)/pip.log"; exit 1; }
 	@touch $(STAMP)
 
 # Mosquitto and strace are system packages (Debian's), not Python ones: the tests and the demo
@@ -43,15 +44,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy agent drivers wire
+	$(VENV)/bin/mypy agent drivers wire demo
 
 pytest: setup
 	$(VENV)/bin/pytest -q
 
 test: setup lint typecheck pytest
 
+# On a terminal the demo runs until Ctrl-C; without one it stops by itself after 60 s.
+# Options go through ARGS, e.g. make run ARGS="--duration 120 --cut-after 10".
 run: setup
-	$(PY) -m agent.demo
+	$(PY) -m demo $(ARGS)
 
 # The figures of docs/benchmarks.md (about 25 minutes; slow_link needs root for its namespace).
 bench: setup

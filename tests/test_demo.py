@@ -1,4 +1,4 @@
-"""`python -m agent.demo` (what `make run` runs), end to end and without a terminal: it
+"""`python -m demo` (what `make run` runs), end to end and without a terminal: it
 enrolls, survives the broker cut, drains the backlog, stops cleanly and leaves nothing
 running behind it."""
 
@@ -34,7 +34,7 @@ def _processes_naming(text: str) -> list[str]:
 @pytest.mark.timeout(110)
 def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
-    argv = [sys.executable, "-m", "agent.demo", "--duration", "60", "--cut-after", "10", "--cut-for", "10"]
+    argv = [sys.executable, "-m", "demo", "--duration", "60", "--cut-after", "10", "--cut-for", "10"]
     proc = subprocess.Popen(
         [*argv, "--dir", str(demo_dir)],
         stdin=subprocess.DEVNULL,

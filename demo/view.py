@@ -1,12 +1,15 @@
-"""What the demo (`python -m agent.demo`) shows: the live view on a terminal, plain
-progress lines otherwise, and the closing summary.
+"""What the demo (`python -m demo`) shows: the live view on a terminal, plain progress
+lines otherwise, and the closing summary.
 
-Everything here renders a ``Snapshot``, plain data that ``agent.demo`` copies out of its
+Everything here renders a ``Snapshot``, plain data that ``demo.state`` copies out of its
 state under its lock; nothing here touches processes, files or the network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Group, RenderableType
@@ -34,6 +37,9 @@ class Snapshot:
     phase: str  # "starting", "running", "draining", "stopping", "stopped"
     kiosk_id: str
     data_dir: str  # as the user should read it (relative to the working directory when inside it)
+    duration_s: float | None = None  # it stops by itself then (None: at Ctrl-C)
+    # enrolled, last_seq, pending* and centre_stored come from one consistent reading
+    # (demo.state): enrolled - pending <= centre_stored <= enrolled
     enrolled: int = 0
     enroll_failures: int = 0
     last_seq: int | None = None
@@ -42,6 +48,7 @@ class Snapshot:
     pending: int | None = None
     pending_bytes: int | None = None
     oldest_pending_age_s: float | None = None
+    rejected: int = 0
     link_connected: bool | None = None
     reconnects: int | None = None
     link_error: str = ""
@@ -95,7 +102,8 @@ def render(s: Snapshot) -> RenderableType:
         "stopping": "[yellow]stopping[/]",
         "stopped": "stopped",
     }.get(s.phase, s.phase)
-    title = f"[bold]e-KTP recorder kit demo[/]  kiosk {s.kiosk_id}  {phase} {clock(s.elapsed_s)}"
+    until = f" of {clock(s.duration_s)}" if s.duration_s is not None else ""
+    title = f"[bold]e-KTP recorder kit demo[/]  kiosk {s.kiosk_id}  {phase} {clock(s.elapsed_s)}{until}"
     caption = f"data in {s.data_dir} (wiped at start), logs in {s.data_dir}/logs  ·  Ctrl-C stops"
     return Panel(
         Group(top, _devices_panel(s), _events_panel(s)),
@@ -126,13 +134,17 @@ def _kiosk_panel(s: Snapshot) -> Panel:
         t.add_row("next in", f"{s.next_enroll_in_s:.0f} s")
     if s.pending is None:
         backlog = "[dim]?[/]"
-    elif s.pending == 0:
+    elif s.pending == 0 and not s.rejected:
         backlog = "[green]0[/] (all delivered)"
+    elif s.pending == 0:
+        backlog = "[green]0[/]"
     else:
         backlog = f"[bold yellow]{s.pending}[/] packets, {human_bytes(s.pending_bytes)}"
         if s.oldest_pending_age_s is not None:
             backlog += f", oldest {s.oldest_pending_age_s:.0f} s"
     t.add_row("backlog", backlog)
+    if s.rejected:
+        t.add_row("rejected", f"[bold red]{s.rejected}[/] by the centre (kept on the kiosk)")
     if s.service == "stopped":
         link = "[dim]-[/]"
     elif s.link_connected is None:
@@ -215,6 +227,26 @@ def _events_panel(s: Snapshot) -> Panel:
 def _short(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@contextlib.contextmanager
+def quiet_terminal() -> Iterator[None]:
+    """No echo of typed keys (a "^C" would tear the live view) while the view runs."""
+    import termios
+
+    try:
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError):  # stdin is not a terminal
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 # ----------------------------------------------------------------------------- plain mode
