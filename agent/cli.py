@@ -118,11 +118,23 @@ class AgentGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PermissionError as exc:
-            what = exc.filename or str(exc)
-            fail(
-                f"permission denied on {what}: run as root (sudo) or as a member of the ektp group",
-                EXIT_PROBLEM,
-            )
+            fail(permission_message(exc, ctx.obj), EXIT_PROBLEM)
+
+
+def permission_message(exc: PermissionError, obj: object) -> str:
+    """One line naming what may not be used and what to do."""
+    config = obj._config if isinstance(obj, Context) else None
+    socket = config.api_socket if config is not None else None
+    what = exc.filename
+    if what is not None and socket is not None and Path(what) == socket:
+        return (
+            f"permission denied on the agent's API socket {what}: add this user to the group "
+            "ektp (`sudo usermod -aG ektp $USER`, then log in again) or run as root (sudo)"
+        )
+    if what is None:  # e.g. connect(2) on a socket: it names no path
+        why = exc.strerror or str(exc)
+        return f"permission denied ({why}): run as root (sudo) or as a member of the ektp group"
+    return f"permission denied on {what}: run as root (sudo) or as a member of the ektp group"
 
 
 @click.group(

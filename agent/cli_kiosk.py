@@ -6,7 +6,11 @@ read-only and probe free peripherals directly), because that is when a technicia
 needs them; `sync` and `enroll` need the running service (exit 3 without it).
 
 Packets the centre rejected are a problem until a technician resubmits them: `status`,
-`queue` and `sync` exit 1 and say so while there are any.
+`queue` and `sync` exit 1 and say so while there are any. `status` says every problem the
+health document shows (agent.health.assess) in words and exits 1 while there is one.
+
+Plain output: on a terminal rich wraps it at the terminal's width (packet ids are never
+cut); piped or redirected, nothing is wrapped or cut, so a script or grep sees whole lines.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.api import ApiError, ServiceNotRunning, call, request
+from agent.api import ApiError, ServiceNotRunning
+from agent.api import call as _api_call
+from agent.api import request as _api_request
 from agent.cli import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
@@ -41,13 +48,23 @@ from agent.cli import (
 )
 from agent.config import AgentConfig, ConfigError, check_environment
 from agent.devices import DEVICE_NAMES, SELF_TEST_TIMEOUT_S, as_configured, build_drivers
-from agent.health import HealthReporter
+from agent.health import (
+    NOT_YET_TESTED,
+    HealthReporter,
+    assess,
+    damage_problem,
+    finding,
+    rejection_problem,
+)
 from agent.outbox import Outbox, OutboxError, StoreNotFound
 from drivers.health import DeviceState, SelfTestResult
 from wire.keys import KeyFileError
 
 STATE_STYLE = {"ok": "green", "degraded": "yellow", "fault": "bold red", "absent": "red"}
 SYNC_POLL_S = 0.5
+WAIT_POLL_S = 0.2  # status --wait: how often it asks whether the service answers yet
+PLAIN_WIDTH = 1_000_000  # piped output: wide enough that rich never wraps or cuts a line
+PACKET_ID_WIDTH = 36  # a canonical UUID: the queue table never cuts one, even on a narrow terminal
 # How long each command waits for the service's answer before saying it does not answer.
 STATUS_TIMEOUT_S = 20.0
 QUEUE_TIMEOUT_S = 30.0
@@ -56,7 +73,43 @@ DIAG_TIMEOUT_S = 60.0  # a self-test of every device, each bounded by SELF_TEST_
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """Rich on a terminal (wrapped at its width); piped, plain lines that are never wrapped or cut."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True, width=PLAIN_WIDTH)
+
+
+def _print_table(con: Console, table: Table) -> None:
+    """A table; piped, without the padding rich puts after the last column."""
+    if con.is_terminal:
+        con.print(table)
+        return
+    with con.capture() as captured:
+        con.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def _socket_named(config: AgentConfig, exc: PermissionError) -> PermissionError:
+    """connect(2) says EACCES without a path: name the API socket, for the group's one line."""
+    if exc.filename is not None:
+        return exc
+    return PermissionError(exc.errno, exc.strerror, str(config.api_socket))
+
+
+def call(config: AgentConfig, op: str, *, timeout: float, **args: Any) -> list[dict[str, Any]]:
+    """One request to the running service (agent.api.call), a refused socket named."""
+    try:
+        return _api_call(config.api_socket, op, timeout=timeout, **args)
+    except PermissionError as exc:
+        raise _socket_named(config, exc) from exc
+
+
+def request(config: AgentConfig, op: str, *, timeout: float, **args: Any) -> Any:
+    """A streamed request to the running service (agent.api.request), a refused socket named."""
+    try:
+        yield from _api_request(config.api_socket, op, timeout=timeout, **args)
+    except PermissionError as exc:
+        raise _socket_named(config, exc) from exc
 
 
 def _simulated(config: AgentConfig) -> bool:
@@ -115,25 +168,6 @@ def _offline_queue(config: AgentConfig) -> tuple[dict[str, Any], dict[str, Any]]
         return doc, rejected_json(outbox, stats.rejected)
     finally:
         outbox.close()
-
-
-def damage_problem(count: int) -> str:
-    """What to tell the technician while packets found damaged on this kiosk wait in its store."""
-    were = "packet was" if count == 1 else "packets were"
-    return (
-        f"{count} {were} found damaged on this kiosk when its store was salvaged (they fail the "
-        "kiosk's own signature check) and are never sent; take them to the centre for review with "
-        "`ektp-agent export --to DIR --include-damaged` (docs/troubleshooting.md)"
-    )
-
-
-def rejection_problem(count: int, reason: str | None) -> str:
-    """What to tell the technician while packets the centre rejected wait on the kiosk."""
-    were = "packet was" if count == 1 else "packets were"
-    return (
-        f"{count} {were} rejected by the centre: {reason or 'no reason given'}; fix the cause, then "
-        "`ektp-agent resubmit --rejected`"
-    )
 
 
 # ----------------------------------------------------------------------------- run
@@ -209,101 +243,199 @@ def run_cmd(ctx: Context, simulate: bool) -> None:
 
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the service answers and has self-tested its devices once (exit 3 at the timeout).",
+)
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="S"
+)
 @pass_ctx
-def status_cmd(ctx: Context, as_json: bool) -> None:
-    """Service state, each peripheral, backlog, link, disk (works with the service down).
+def status_cmd(ctx: Context, as_json: bool, wait: bool, timeout_s: float) -> None:
+    """Service state, each peripheral, backlog, link, clock, disk (works with the service down).
 
-    Exit 1 when a peripheral is in fault, the store is near full or was salvaged, packets
-    the centre rejected wait on the kiosk (`ektp-agent resubmit`), or packets were found
-    damaged on the kiosk.
+    Ends with every problem in words and what to do, and exits 1 while there is one: a
+    peripheral in fault; the store full (enrollments refused) or damaged; packets the centre
+    rejected (`ektp-agent resubmit`) or found damaged on the kiosk; the broker refusing the
+    kiosk's enrollments; enrollments recorded on an unsynchronised clock for over 10 min.
+    Warnings (exit 0): the store near full, no centre consuming, the clock not synchronised
+    yet, the service stopped. A device not yet tested after a start is not a problem.
+
+    With --wait it first waits until the service answers and has tested each device once
+    (a start-up script's "ready"), then reports as usual; exit 3 when the service does not
+    answer within --timeout.
+
+    JSON: the health document plus "service", "rejected", "problems" and "warnings"
+    (lists of {"code", "message"}).
 
     \b
-    Example:
+    Examples:
+      ektp-agent status
+      ektp-agent status --wait --timeout 30
       ektp-agent status --json
     """
     config = ctx.config
-    try:
-        doc = call(config.api_socket, "status", timeout=STATUS_TIMEOUT_S)[0]
-    except ServiceNotRunning:
-        probed = probe_devices(config)
-        reporter = HealthReporter(
-            kiosk_id=config.kiosk.id,
-            data_dir=config.kiosk.data_dir,
-            outbox_path=config.outbox_path,
-            devices=lambda: {n: {"state": r.state.value, "detail": r.detail} for n, r in probed.items()},
+    doc = _service_status(config, timeout_s if wait else None)
+    if doc is None:
+        doc = _stopped_status(config)
+    doc["problems"], doc["warnings"] = assess(doc)
+    if doc["service"] == "stopped":
+        doc["warnings"].insert(
+            0,
+            finding(
+                "service-stopped",
+                "the service is not running: nothing is recorded or sent until it starts "
+                "(`systemctl start ektp-agent`; `journalctl -u ektp-agent` says why it stopped)",
+            ),
         )
-        rejected: dict[str, Any] = {"count": None, "reason": None, "packet_ids": []}
-        try:
-            queue, rejected = _offline_queue(config)
-        except OutboxError as exc:
-            queue = {"pending": None, "detail": str(exc)}
-        doc = reporter.snapshot(
-            queue=queue,
-            link={"connected": False, "detail": "service not running"},
-            total=queue.get("total", 0) or 0,
-        )
-        doc["uptime_s"] = 0.0
-        doc["service"] = "stopped"
-        doc["rejected"] = rejected
-    except ApiError as exc:
-        fail(str(exc), EXIT_PROBLEM)
-    problems = [
-        n for n, d in doc["devices"].items() if d["state"] == "fault"
-    ]  # absent = disabled in the config
-    if doc["queue"].get("near_full"):
-        problems.append("store near full")
-    if doc.get("store", {}).get("quarantined"):
-        problems.append("damaged store quarantined")
-    rejected = doc.setdefault(
-        "rejected", {"count": doc["queue"].get("rejected"), "reason": None, "packet_ids": []}
-    )
-    told = []  # the problems that need words beyond the document
-    if rejected["count"]:
-        told.append(rejection_problem(rejected["count"], rejected["reason"]))
-    if doc["queue"].get("damaged"):
-        told.append(damage_problem(doc["queue"]["damaged"]))
-    problems += told
     if as_json:
         emit_json(doc)
-        for problem in told:
-            click.echo(f"ektp-agent: {problem}", err=True)
+        for problem in doc["problems"]:
+            click.echo(f"ektp-agent: {problem['message']}", err=True)
     else:
         _print_status(doc)
-    sys.exit(EXIT_PROBLEM if problems else EXIT_OK)
+    sys.exit(EXIT_PROBLEM if doc["problems"] else EXIT_OK)
+
+
+def _service_status(config: AgentConfig, wait_s: float | None) -> dict[str, Any] | None:
+    """The running service's status document; None when it does not run. ``wait_s``: first wait
+    that long for it to answer (exit 3 if it does not) and to have tested each device once."""
+    deadline = time.monotonic() + (wait_s or 0.0)
+    while True:
+        try:
+            doc: dict[str, Any] = call(config, "status", timeout=STATUS_TIMEOUT_S)[0]
+        except ServiceNotRunning as exc:
+            if wait_s is None:
+                return None
+            if time.monotonic() >= deadline:
+                fail(
+                    f"{exc}, and it did not start within {wait_s:g} s; "
+                    "`systemctl status ektp-agent` and `journalctl -u ektp-agent` say why",
+                    EXIT_NOT_RUNNING,
+                )
+            time.sleep(WAIT_POLL_S)
+            continue
+        except ApiError as exc:
+            fail(str(exc), EXIT_PROBLEM)
+        untested = any(d.get("detail") == NOT_YET_TESTED for d in doc["devices"].values())
+        if wait_s is None or not untested or time.monotonic() >= deadline:
+            return doc
+        time.sleep(WAIT_POLL_S)
+
+
+def _stopped_status(config: AgentConfig) -> dict[str, Any]:
+    """The status document made without the service: the devices probed, the store read."""
+    probed = probe_devices(config)
+    reporter = HealthReporter(
+        kiosk_id=config.kiosk.id,
+        data_dir=config.kiosk.data_dir,
+        outbox_path=config.outbox_path,
+        devices=lambda: {n: {"state": r.state.value, "detail": r.detail} for n, r in probed.items()},
+    )
+    rejected: dict[str, Any] = {"count": None, "reason": None, "packet_ids": []}
+    try:
+        queue, rejected = _offline_queue(config)
+    except OutboxError as exc:
+        queue = {"pending": None, "detail": str(exc)}
+    doc = reporter.snapshot(
+        queue=queue,
+        link={"connected": False, "detail": "service not running"},
+        total=queue.get("total", 0) or 0,
+        rejected_reason=rejected["reason"],
+    )
+    doc["uptime_s"] = 0.0
+    doc["service"] = "stopped"
+    doc["rejected"] = rejected
+    return doc
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _backlog_line(q: dict[str, Any]) -> str:
+    """Every packet the store holds, so that none hides behind the byte count."""
+    if q.get("pending") is None:
+        return f"backlog: unknown ({q.get('detail') or 'the store cannot be read'})"
+    parts = [f"{_plural(q['pending'], 'packet')} to deliver"]
+    age = q.get("oldest_pending_age_s")
+    if age:
+        parts[0] += f" (oldest {age:.0f} s)"
+    if q.get("rejected"):
+        parts.append(f"{q['rejected']} rejected by the centre")
+    if q.get("damaged"):
+        parts.append(f"{q['damaged']} damaged on this kiosk")
+    held, most = q.get("pending_bytes") or 0, q.get("max_bytes")
+    room = f"; {held} bytes held"
+    if most:
+        room += f" of store.max_bytes {most} ({100 * held / most:.0f} %)"
+    flag = (
+        "  [bold red]FULL[/]"
+        if q.get("full")
+        else "  [bold yellow]NEAR FULL[/]"
+        if q.get("near_full")
+        else ""
+    )
+    return f"backlog: {escape(', '.join(parts) + room)}{flag}"
+
+
+def _link_line(doc: dict[str, Any]) -> str:
+    link = doc["link"]
+    if doc["service"] == "stopped":
+        return "link: not connected (service not running)"
+    if not link.get("connected"):
+        return f"link: [yellow]not connected[/]: {escape(link.get('last_error') or 'connecting')}"
+    if link.get("refused_in_a_row"):
+        why = link.get("last_refused") or "no reason given"
+        return (
+            f"link: connected, [bold red]but the broker refuses this kiosk's enrollments[/] ({escape(why)})"
+        )
+    if link.get("unconsumed_in_a_row"):
+        return "link: connected, [yellow]but no centre consumes the enrollments[/]"
+    return "link: connected"
+
+
+def _clock_line(host: dict[str, Any]) -> str:
+    if host.get("clock_synchronised"):
+        return "clock: synchronised"
+    made, age = host.get("clock_unsynchronised_enrollments") or 0, host.get("clock_unsynchronised_s")
+    since = f"; {_plural(made, 'enrollment')} recorded on it in {age / 60:.0f} min" if made and age else ""
+    return f"clock: [yellow]not synchronised[/]{since}"
 
 
 def _print_status(doc: dict[str, Any]) -> None:
     con = _console()
-    q, link, host = doc["queue"], doc["link"], doc["host"]
+    host = doc["host"]
     con.print(
-        f"[bold]kiosk {doc['kiosk_id']}[/] service [bold]{doc['service']}[/]  agent {doc['agent_version']}"
+        f"[bold]kiosk {escape(doc['kiosk_id'])}[/]: service [bold]{doc['service']}[/], "
+        f"agent {escape(doc['agent_version'])}"
     )
-    table = Table("device", "state", "detail", box=None)
+    table = Table(box=None)
+    table.add_column("device", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("detail")
     for name, d in doc["devices"].items():
-        table.add_row(name, f"[{STATE_STYLE.get(d['state'], '')}]{d['state']}[/]", d.get("detail", ""))
-    con.print(table)
-    age = q.get("oldest_pending_age_s")
-    con.print(
-        f"backlog: {q.get('pending')} packets, {q.get('pending_bytes')} bytes"
-        + (f", oldest {age:.0f} s" if age else "")
-        + ("  [bold red]NEAR FULL[/]" if q.get("near_full") else "")
-    )
-    rejected = doc.get("rejected", {})
-    if rejected.get("count"):
-        con.print(f"[bold red]{rejection_problem(rejected['count'], rejected.get('reason'))}[/]")
-    if q.get("damaged"):
-        con.print(f"[bold red]{damage_problem(q['damaged'])}[/]")
-    con.print(
-        f"link: {'connected' if link.get('connected') else 'not connected'} {link.get('last_error') or link.get('detail') or ''}"
-    )
-    for damaged in doc.get("store", {}).get("quarantined", []):
-        con.print(
-            f"[bold red]damaged store moved aside: {damaged}[/] (its readable packets were salvaged; "
-            "see docs/troubleshooting.md before removing it)"
+        if d.get("detail") == NOT_YET_TESTED:  # not a fault: the service has just started
+            table.add_row(name, "[dim]not yet tested[/]", "")
+            continue
+        table.add_row(
+            name, f"[{STATE_STYLE.get(d['state'], '')}]{d['state']}[/]", escape(d.get("detail", ""))
         )
-    con.print(f"clock: {'synchronised' if host.get('clock_synchronised') else '[yellow]not synchronised[/]'}")
+    _print_table(con, table)
+    con.print(_backlog_line(doc["queue"]))
+    con.print(_link_line(doc))
+    con.print(_clock_line(host))
     free = host.get("disk_free_bytes")
     con.print(f"disk free: {free if free is not None else '?'} bytes; cpu {host.get('cpu_temp_c') or '?'} C")
+    if doc["problems"]:
+        con.print(f"[bold red]{_plural(len(doc['problems']), 'problem')}[/] (exit 1):")
+        for problem in doc["problems"]:
+            con.print(f"  - {escape(problem['message'])}")
+    for warning in doc["warnings"]:
+        con.print(f"[yellow]warning[/]: {escape(warning['message'])}")
+    if not doc["problems"]:
+        con.print("no problems found")
 
 
 # ----------------------------------------------------------------------------- diag
@@ -316,7 +448,9 @@ def _print_status(doc: dict[str, Any]) -> None:
 def diag_cmd(ctx: Context, devices: tuple[str, ...], as_json: bool) -> None:
     """Actively self-test each peripheral (or those named): pass/fail, what was tried, a hint.
 
-    Works with the service down (probes the devices directly). Exit 1 if any fails.
+    Works with the service down (probes the devices directly). Exit 1 if any fails. A
+    device disabled in the config is not tested and not a failure: it is listed as SKIP
+    (JSON: "skipped": true), whether the service runs or not.
 
     \b
     Examples:
@@ -324,33 +458,49 @@ def diag_cmd(ctx: Context, devices: tuple[str, ...], as_json: bool) -> None:
       ektp-agent diag fingerprint --json
     """
     config = ctx.config
-    names = list(devices) or None  # None: every device the config enables
+    wanted = list(dict.fromkeys(devices)) or list(DEVICE_NAMES)
+    tested = [n for n in wanted if getattr(config.devices, n).enabled]
+    results: dict[str, SelfTestResult] = {}
     try:
-        results = [
-            SelfTestResult(**_result_args(d["diag"]))
-            for d in call(config.api_socket, "diag", devices=names, timeout=DIAG_TIMEOUT_S)
-        ]
+        if tested:
+            for d in call(config, "diag", devices=tested, timeout=DIAG_TIMEOUT_S):
+                results[d["diag"]["device"]] = SelfTestResult(**_result_args(d["diag"]))
+        else:  # nothing to test: only ask whether the service runs
+            call(config, "status", timeout=STATUS_TIMEOUT_S)
         service = "running"
     except ServiceNotRunning:
-        results = list(probe_devices(config, names).values())
+        results = probe_devices(config, tested) if tested else {}
         service = "stopped"
     except ApiError as exc:
         fail(str(exc), EXIT_PROBLEM)
-    ok = all(r.state is not DeviceState.FAULT for r in results)  # absent = disabled in the config
+    rows = [(results[n], False) if n in results else (_disabled(n), True) for n in wanted]
+    ok = all(r.passed for r, skipped in rows if not skipped)
     if as_json:
-        emit_json({"ok": ok, "service": service, "devices": [r.to_json() for r in results]})
+        devices_json = [{**r.to_json(), "skipped": skipped} for r, skipped in rows]
+        emit_json({"ok": ok, "service": service, "devices": devices_json})
     else:
         con = _console()
-        for r in results:
+        for r, skipped in rows:
+            if skipped:
+                con.print(f"[dim]SKIP[/] {r.device}: {escape(r.detail)}")
+                continue
             mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
-            con.print(
-                f"{mark} {r.device}: [{STATE_STYLE.get(r.state.value, '')}]{r.state.value}[/] {r.detail}"
-            )
+            style = STATE_STYLE.get(r.state.value, "")
+            con.print(f"{mark} {r.device}: [{style}]{r.state.value}[/] {escape(r.detail)}")
             if r.tried:
-                con.print(f"     tried: {r.tried}")
+                con.print(f"     tried: {escape(r.tried)}")
             if not r.passed or r.state is DeviceState.DEGRADED:
-                con.print(f"     hint: {r.hint}")
+                con.print(f"     hint: {escape(r.hint)}")
     sys.exit(EXIT_OK if ok else EXIT_PROBLEM)
+
+
+def _disabled(name: str) -> SelfTestResult:
+    return SelfTestResult(
+        name,
+        DeviceState.ABSENT,
+        f"disabled in the config (devices.{name}.enabled = false); not tested",
+        f"set devices.{name}.enabled = true to use it",
+    )
 
 
 def _result_args(d: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +533,7 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        rows = call(config.api_socket, "queue", timeout=QUEUE_TIMEOUT_S)[0]["queue"]
+        rows = call(config, "queue", timeout=QUEUE_TIMEOUT_S)[0]["queue"]
     except ServiceNotRunning:
         try:
             outbox = Outbox.open_readonly(config.outbox_path, max_bytes=config.store.max_bytes)
@@ -409,18 +559,24 @@ def queue_cmd(ctx: Context, as_json: bool) -> None:
         emit_json(rows)
         _fail_with(problems)
         return
-    table = Table("seq", "packet id", "created", "state", "bytes", "attempts", box=None)
+    table = Table(box=None)
+    table.add_column("seq", no_wrap=True)
+    table.add_column("packet id", no_wrap=True, min_width=PACKET_ID_WIDTH)
+    table.add_column("created", no_wrap=True)
+    table.add_column("state")
+    table.add_column("bytes", no_wrap=True)
+    table.add_column("attempts", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r["seq"]),
             r["packet_id"],
             r["created_at"],
-            r["state"] + (f" ({r['reason']})" if r.get("reason") else ""),
+            escape(r["state"] + (f" ({r['reason']})" if r.get("reason") else "")),
             str(r["bytes"]),
             str(r["attempts"]),
         )
     con = _console()
-    con.print(table)
+    _print_table(con, table)
     con.print(
         f"{len(rows)} undelivered packet(s)"
         + (
@@ -468,7 +624,7 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        last = call(config.api_socket, "sync", timeout=SYNC_TIMEOUT_S)[0]
+        last = call(config, "sync", timeout=SYNC_TIMEOUT_S)[0]
     except ServiceNotRunning as exc:
         fail(f"{exc}; start it with `systemctl start ektp-agent` (or `ektp-agent run`)", EXIT_NOT_RUNNING)
     except ApiError as exc:
@@ -496,7 +652,7 @@ def sync_cmd(ctx: Context, wait: bool, timeout_s: float, as_json: bool) -> None:
                     break
                 time.sleep(SYNC_POLL_S)
                 try:
-                    last = call(config.api_socket, "sync", timeout=SYNC_TIMEOUT_S)[0]
+                    last = call(config, "sync", timeout=SYNC_TIMEOUT_S)[0]
                 except ServiceNotRunning:
                     fail("the service stopped while waiting for the sync", EXIT_NOT_RUNNING)
                 except ApiError as exc:
@@ -568,7 +724,7 @@ def enroll_cmd(ctx: Context, synthetic: bool, applicant: Path | None, count: int
             fail(f"cannot read the applicant file {applicant}: {exc}", EXIT_USAGE)
     done = 0
     try:
-        for item in request(config.api_socket, "enroll", timeout=300, **args):
+        for item in request(config, "enroll", timeout=300, **args):
             click.echo(json.dumps(item["receipt"]))
             done += 1
     except ServiceNotRunning as exc:

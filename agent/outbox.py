@@ -95,6 +95,9 @@ log = logging.getLogger("ektp.outbox")
 
 DEFAULT_MAX_BYTES = 8_000_000_000  # CONTRACT.md, [store] max_bytes
 NEAR_FULL_RATIO = 0.8
+# Near full also when the room left takes fewer than this many packets of the held ones' average
+# size: with a small store.max_bytes, "full" must never come without "near full" first.
+NEAR_FULL_ROOM_PACKETS = 2
 DRAIN_WINDOW = 16  # packets read per batch by iter_pending
 VACUUM_STEP_PAGES = 4096  # pages handed back to the filesystem after a free (16 MB at 4 KiB)
 ID_CHUNK = 500  # ids per IN (...) statement
@@ -240,6 +243,7 @@ class OutboxStats:
     near_full: bool
     max_bytes: int
     damaged: int = 0  # salvaged bodies that fail the kiosk's own signature check
+    full: bool = False  # a packet of the held ones' average size would not fit any more
 
 
 # ---------------------------------------------------------------------------- the outbox
@@ -555,6 +559,9 @@ class Outbox:
             return (*totals, damaged), None if oldest is None else str(oldest[0])
 
         (last_seq, pending, sent, delivered, rejected, held, damaged), oldest_at = self._read(query)
+        packets = pending + sent + rejected + damaged
+        average = held / packets if packets else 0.0
+        room = self._max_bytes - held
         return OutboxStats(
             pending=pending,
             sent=sent,
@@ -564,9 +571,11 @@ class Outbox:
             oldest_pending_age_s=_age_s(oldest_at),
             total_committed=last_seq,
             last_seq=last_seq,
-            near_full=held > self._max_bytes * NEAR_FULL_RATIO,
+            near_full=held > self._max_bytes * NEAR_FULL_RATIO
+            or (packets > 0 and room < average * NEAR_FULL_ROOM_PACKETS),
             max_bytes=self._max_bytes,
             damaged=damaged,
+            full=packets > 0 and room < average,
         )
 
     @property

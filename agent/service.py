@@ -26,13 +26,13 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent.api import ApiError, ApiServer
 from agent.capture import Applicant, CaptureError, capture_enrollment
-from agent.clock import clock_synced
+from agent.clock import SIMULATE_ENV, STRETCH_FILE, clock_synced, forget_stretch, note_enrollment
 from agent.config import AgentConfig
 from agent.devices import Devices, build_drivers
-from agent.health import HealthReporter
+from agent.health import NOT_YET_TESTED, HealthReporter
 from agent.kiosk_keys import retired_public_keys
 from agent.link import Link
-from agent.outbox import Outbox, OutboxError, OutboxStats, StoreFull
+from agent.outbox import DiskFull, Outbox, OutboxError, OutboxStats, StoreFull
 from agent.sd_notify import Notifier
 from agent.simulator import Simulator
 from agent.synthetic import SyntheticRecords
@@ -77,7 +77,10 @@ def check_data_dir(data_dir: Path, config_file: Path | None) -> None:
         ) from exc
 
 
-def queue_json(stats: OutboxStats) -> dict[str, Any]:
+def queue_json(stats: OutboxStats, *, refused_at: int | None = None) -> dict[str, Any]:
+    """The health document's ``queue``; ``refused_at``: the held bytes when the store last refused
+    an enrollment (it stays full until something is freed, whatever the average packet says)."""
+    full = stats.full or (refused_at is not None and stats.pending_bytes >= refused_at)
     return {
         "pending": stats.pending + stats.sent,
         "pending_bytes": stats.pending_bytes,
@@ -87,7 +90,8 @@ def queue_json(stats: OutboxStats) -> dict[str, Any]:
         "rejected": stats.rejected,
         "damaged": stats.damaged,
         "delivered": stats.delivered,
-        "near_full": stats.near_full,
+        "near_full": stats.near_full or full,
+        "full": full,
         "max_bytes": stats.max_bytes,
     }
 
@@ -104,6 +108,8 @@ class Service:
         self.simulator: Simulator | None = None
         self.synthetic = SyntheticRecords()
         self._last_stats: OutboxStats | None = None
+        self._store_refused_at: int | None = None  # held bytes when the store last refused an enrollment
+        self._clock_stretch = config.kiosk.data_dir / STRETCH_FILE
         self.outbox: Outbox | None = None
         self.devices: Devices | None = None
         self.link: Link | None = None
@@ -127,6 +133,8 @@ class Service:
         except BaseException:
             await self._shutdown()
             raise
+        assert self.outbox is not None
+        self._last_stats = await self._db(self.outbox.stats)  # the READY status line shows the backlog
         self.notifier.ready(self._summary())
         log.info("ready: kiosk %s, %s", self.config.kiosk.id, self._summary())
         tasks = [
@@ -161,6 +169,13 @@ class Service:
     async def _start(self) -> None:
         c = self.config
         check_data_dir(c.kiosk.data_dir, c.source)
+        if os.environ.get(SIMULATE_ENV):
+            log.warning(
+                "$%s=%s: the clock is reported as that, whatever NTP says (a rehearsal setting; never on a"
+                " production kiosk)",
+                SIMULATE_ENV,
+                os.environ[SIMULATE_ENV],
+            )
         if self.simulate:
             self.simulator = Simulator(c.sim_dir)
             await asyncio.to_thread(self.simulator.attach_or_start)
@@ -243,7 +258,13 @@ class Service:
     # ------------------------------------------------------------------------- health
 
     def _device_states(self) -> dict[str, dict[str, str]]:
-        return self.devices.states() if self.devices is not None else {}
+        if self.devices is None:
+            return {}
+        states = self.devices.states()
+        for name, slot in self.devices.slots.items():
+            if slot.checked_at is None:  # not a fault: its first self-test has not run yet
+                states[name] = {"state": "absent", "detail": NOT_YET_TESTED}
+        return states
 
     def _health_changed(self) -> None:
         if self.link is not None:
@@ -252,17 +273,35 @@ class Service:
     def _summary(self) -> str:
         link = self.link.stats if self.link else None
         state = "online" if link and link.connected else "offline"
-        faulty = [r.device for r in self.devices.faulty()] if self.devices else []
+        slots = self.devices.slots.values() if self.devices else []
+        untested = [s.name for s in slots if s.checked_at is None]
+        faulty = [s.name for s in slots if s.checked_at is not None and not s.health.passed]
         q = self._last_stats
         backlog = f"backlog {q.pending + q.sent} ({q.pending_bytes // 1_000_000} MB)" if q else "backlog ?"
-        return f"{backlog}; link {state}; faulty: {', '.join(faulty) or 'none'}"
+        devices = f"faulty: {', '.join(faulty) or 'none'}"
+        if untested:
+            devices += f"; not yet tested: {', '.join(untested)}"
+        return f"{backlog}; link {state}; {devices}"
 
     async def health(self) -> dict[str, Any]:
         assert self.outbox is not None and self.link is not None
-        stats = self._last_stats = await self._db(self.outbox.stats)
-        return self.reporter.snapshot(
-            queue=queue_json(stats), link=self.link.stats.to_json(), total=stats.total_committed
+        outbox = self.outbox
+        stats = self._last_stats = await self._db(outbox.stats)
+        if self._store_refused_at is not None and stats.pending_bytes < self._store_refused_at:
+            self._store_refused_at = None  # something was freed since
+        reason = None
+        if stats.rejected:
+            rows = await self._db(lambda: outbox.rejected(1))
+            reason = rows[0].reason if rows else None
+        doc = self.reporter.snapshot(
+            queue=queue_json(stats, refused_at=self._store_refused_at),
+            link=self.link.stats.to_json(),
+            total=stats.total_committed,
+            rejected_reason=reason,
         )
+        if doc["host"]["clock_synchronised"]:
+            await asyncio.to_thread(forget_stretch, self._clock_stretch)
+        return doc
 
     # ------------------------------------------------------------------------- the local API
 
@@ -368,6 +407,9 @@ class Service:
                 except InvalidRecord as exc:  # e.g. demographics that disagree with the NIK
                     raise ApiError(str(exc), "bad-request") from exc
                 except StoreFull as exc:
+                    if not isinstance(exc, DiskFull):
+                        self._store_refused_at = exc.used_bytes
+                    self._health_changed()
                     raise ApiError(str(exc), "store-full") from exc
                 except OutboxError as exc:
                     raise ApiError(f"the outbox refused the enrollment: {exc}", "store-error") from exc
@@ -427,6 +469,10 @@ class Service:
 
         outbox = self.outbox
         receipt = await self._db(lambda: outbox.commit(build))
+        try:
+            await asyncio.to_thread(note_enrollment, self._clock_stretch, synced=synced)
+        except OSError as exc:  # only status's judgement of the clock depends on it
+            log.warning("cannot note the unsynchronised clock in %s: %s", self._clock_stretch, exc)
         log.info(
             "committed enrollment seq %d (packet %s, %d bytes)", receipt.seq, receipt.packet_id, receipt.bytes
         )

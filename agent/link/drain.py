@@ -427,6 +427,7 @@ class Link:
                     )
                 return
             no_subscribers = event.reason.value == NO_MATCHING_SUBSCRIBERS
+            self._note_puback(event, no_subscribers)
             if event.reason.is_failure or no_subscribers:
                 # MQTT 5: the broker will not retransmit; nobody has the chunk. 0x10: no centre
                 # consumes yet (one is restarting): try again soon, not after the ack timeout.
@@ -446,6 +447,21 @@ class Link:
                 self._sent_unwritten.append(sent.packet_id)
         elif isinstance(event, Message) and event.topic == self.topic_ack:
             await self._on_ack(event.payload)
+
+    def _note_puback(self, event: Published, no_subscribers: bool) -> None:
+        """Count the broker's answers to enrollment publishes in a row, as status judges them."""
+        s = self.stats
+        if event.reason.is_failure:
+            if not s.refused_in_a_row:
+                self.health_changed()
+            s.refused_in_a_row += 1
+            s.last_refused, s.refused_topic = str(event.reason), self.topic_enrollment
+            return
+        if s.refused_in_a_row:
+            log.info("the broker takes the kiosk's enrollments again")
+            self.health_changed()
+        s.refused_in_a_row = 0
+        s.unconsumed_in_a_row = s.unconsumed_in_a_row + 1 if no_subscribers else 0
 
     async def _on_ack(self, payload: bytes) -> None:
         try:

@@ -28,6 +28,13 @@ class LinkStats:
     published: int = 0
     republished: int = 0
     refused_pubacks: int = 0
+    # enrollment publishes the broker refused (a PUBACK failure code: its ACL, a quota) since the
+    # last one it took, the reason of the last and its topic; and those it took without a
+    # subscriber to hand them to (0x10: no centre consumes), since the last one it handed on
+    refused_in_a_row: int = 0
+    last_refused: str = ""
+    refused_topic: str = ""
+    unconsumed_in_a_row: int = 0
     outbox_errors: int = 0
     # acks or results that changed nothing, by reason: bad-signature, wrong-kiosk, other-bytes,
     # unknown-packet, replayed (a second final answer about a finished packet), ...
@@ -47,6 +54,10 @@ class LinkStats:
             "published": self.published,
             "republished": self.republished,
             "refused_pubacks": self.refused_pubacks,
+            "refused_in_a_row": self.refused_in_a_row,
+            "last_refused": self.last_refused,
+            "refused_topic": self.refused_topic,
+            "unconsumed_in_a_row": self.unconsumed_in_a_row,
             "ignored_acks": sum(self.ignored_acks.values()),
             "ignored_acks_by_reason": dict(sorted(self.ignored_acks.items())),
             "broker_receive_maximum": self.receive_maximum,
