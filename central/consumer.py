@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -114,6 +115,7 @@ class CentralConsumer:
             # The client id is stable (config: host name and instance), so a restart resumes this
             # consumer's session: what the broker queued for it meanwhile is delivered, and no
             # dead session of an earlier process keeps a share of the group's messages.
+            log.info("connecting to %s:%d", m.host, m.port)
             client.connect_async(m.host, m.port, keepalive=30, clean_start=False, properties=props)
             client.loop_start()
             next_expiry = time.monotonic()
@@ -191,6 +193,19 @@ class CentralConsumer:
             else:
                 log.warning("disconnected from %s:%d (%s); reconnecting", m.host, m.port, rc)
 
+        def on_connect_fail(_c: mqtt.Client, _u: Any) -> None:
+            # paho calls this from inside its ``except OSError`` around the connect and passes no
+            # reason; the exception being handled is the reason (as the kiosk's link logs it).
+            exc = sys.exc_info()[1]
+            why = f"{exc}" if exc is not None else "reason unknown"
+            log.warning(
+                "cannot connect to %s:%d: %s; retrying with backoff (at most %s s between attempts)",
+                m.host,
+                m.port,
+                why,
+                m.reconnect_max_s,
+            )
+
         def on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
             # Acks are small: they must not wait for Nagle + delayed ACK (~40 ms each).
             with contextlib.suppress(OSError, AttributeError):
@@ -202,6 +217,7 @@ class CentralConsumer:
             )
 
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        client.on_connect_fail = on_connect_fail
         client.on_socket_open = on_socket_open
         return client
 
