@@ -7,6 +7,7 @@ device or fault kind); 3 no simulator runs at DIR.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from hw_sim.server import SimError, SimServer
 
 EXIT_REFUSED = 1
 EXIT_NOT_RUNNING = 3
+WAIT_S = 0.2  # how often `run` looks at its stop flag and at its owner
 KINDS = tuple(k.value for k in FaultKind)
 
 
@@ -74,11 +76,24 @@ def main(ctx: click.Context, sim_dir: Path) -> None:
 @click.option(
     "--throttle", is_flag=True, help="Serial links run at their real baud rate (slow image uploads)."
 )
+@click.option(
+    "--owner-pid",
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="Stop when this process, the parent that started the simulator, is gone (`ektp-agent run --simulate`).",
+)
 @click.pass_context
-def run(ctx: click.Context, devices: tuple[str, ...], seed: int, throttle: bool) -> None:
+def run(
+    ctx: click.Context, devices: tuple[str, ...], seed: int, throttle: bool, owner_pid: int | None
+) -> None:
     """Run the simulated peripherals until SIGTERM or Ctrl-C."""
     server = SimServer(
-        ctx.obj["dir"], devices or DEVICES, seed=seed, throttle=throttle, skip_unavailable=not devices
+        ctx.obj["dir"],
+        devices or DEVICES,
+        seed=seed,
+        throttle=throttle,
+        skip_unavailable=not devices,
+        owner_pid=owner_pid,
     )
     stop = threading.Event()
 
@@ -99,8 +114,14 @@ def run(ctx: click.Context, devices: tuple[str, ...], seed: int, throttle: bool)
         click.echo(f"control: {server.control_path}")
         click.echo("ready", err=True)
         sys.stdout.flush()
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(WAIT_S):
+            # Orphaned, our parent is someone else (init or a subreaper): the owner is gone,
+            # however it died, and with it the only user of these devices.
+            if owner_pid is not None and os.getppid() != owner_pid:
+                click.echo(
+                    f"the service that started this simulator (pid {owner_pid}) is gone: stopping", err=True
+                )
+                break
     finally:
         server.stop()
         for sig, handler in previous.items():

@@ -7,9 +7,14 @@
     DIR/control.sock                    (JSON lines: one request, one reply per line)
     DIR/sim.pid
 
+A simulator started by a service (``ektp-agent run --simulate``) has that service as its
+owner (``owner_pid``) and stops when it is gone, even after a SIGKILL; one started by hand
+has none and runs until it is stopped.
+
 Control requests and replies::
 
-    {"op": "status"}                                 -> {"ok": true, "devices": {name: {..., "fault": kind|null}}, ...}
+    {"op": "status"}                                 -> {"ok": true, "devices": {name: {..., "fault": kind|null}},
+                                                         "pid": N, "owner_pid": N|null, ...}
     {"op": "fault", "device": D, "kind": K, "for": S|null}
     {"op": "clear", "device": D|null}
     {"op": "present", "seed": N, "finger": P|null}  (P: the finger the resident places next, 1..10)
@@ -100,6 +105,7 @@ class SimServer:
         seed: int = 1,
         throttle: bool = False,
         skip_unavailable: bool = False,
+        owner_pid: int | None = None,
     ) -> None:
         unknown = [d for d in devices if d not in DEVICE_CLASSES]
         if unknown:
@@ -108,6 +114,7 @@ class SimServer:
         self.requested = tuple(devices)
         self.throttle = throttle
         self.skip_unavailable = skip_unavailable
+        self.owner_pid = owner_pid  # the service that started it and that it dies with; None: by hand
         self.faults = FaultBoard()
         self.desk = ResidentDesk()
         self.desk.present(seed)
@@ -207,6 +214,7 @@ class SimServer:
             "ok": True,
             "dir": str(self.sim_dir),
             "pid": os.getpid(),
+            "owner_pid": self.owner_pid,
             "resident": self.desk.current().seed,
             "devices": devices,
             "unavailable": dict(self.skipped),
