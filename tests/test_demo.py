@@ -1,11 +1,13 @@
-"""`python -m demo` (what `make run` runs), end to end and without a terminal: it
-enrolls, survives the broker cut, drains the backlog, stops cleanly and leaves nothing
-running behind it."""
+"""`python -m demo` (what `make run` runs), end to end and without a terminal: it enrolls,
+survives the broker cut (and names it as its own), drains the backlog, never shows
+counters that contradict each other, stops cleanly and leaves nothing running behind it;
+without --duration it says first that it stops by itself."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from demo.cli import DEFAULT_DURATION_S, run_length
+
+# a plain progress line: "[  13.1s] enrolled 2, backlog 0 (0 B), link down ..., centre stored 2 ..."
+PROGRESS = re.compile(r"\] enrolled (\d+), backlog (\d+) .*, centre stored (\d+)")
 
 
 def _processes_naming(text: str) -> list[str]:
@@ -31,10 +36,11 @@ def _processes_naming(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(110)
 def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
-    argv = [sys.executable, "-m", "demo", "--duration", "60", "--cut-after", "10", "--cut-for", "10"]
+    argv = [sys.executable, "-m", "demo", "--duration", "40", "--cut-after", "10", "--cut-for", "10"]
     proc = subprocess.Popen(
         [*argv, "--dir", str(demo_dir)],
         stdin=subprocess.DEVNULL,
@@ -74,6 +80,61 @@ def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path) ->
     assert "wiped at start" in text
     for needle in ("broker cut", "broker restored", "backlog drained", "enrolled seq 1 "):
         assert needle in text, f"{needle!r} missing{where}"
+    assert "link down: the demo cut the broker" in text, where  # the demo's cut, named as such
+    assert "Unspecified error" not in text, where  # not paho's reason code for it
+    # every progress line's counters agree: what is not stored at the centre is in the backlog
+    progress = [tuple(map(int, m.groups())) for m in map(PROGRESS.search, lines) if m]
+    assert len(progress) >= 5, where
+    for enrolled, backlog, stored in progress:
+        assert enrolled - backlog <= stored <= enrolled, f"{(enrolled, backlog, stored)}{where}"
     assert "\x1b[" not in text  # no live view (escape codes) without a terminal
     # nothing left running: no process names the demo's directory any more
     assert _processes_naming(str(demo_dir)) == []
+
+
+@pytest.mark.timeout(90)
+def test_without_a_terminal_it_says_first_that_it_stops_by_itself(tmp_path: Path) -> None:
+    """No --duration and no terminal: the first line says it stops after 60 s. SIGTERM while
+    it starts up stops it cleanly at once, with nothing left running."""
+    demo_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--dir", str(demo_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)  # after the second line: its signal handlers are in place
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    where = f"\nstdout:\n{first}{second}{out[-3000:]}\nstderr:\n{err[-2000:]}"
+    assert first.startswith("demo: no terminal"), where
+    assert f"stops by itself after {DEFAULT_DURATION_S:g} s" in first, where
+    assert second.startswith("e-KTP recorder kit demo: data in"), where
+    assert proc.returncode == 0, where
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["enrolled"] == 0, where
+    assert _processes_naming(str(demo_dir)) == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "terminal", "runs"),
+    [
+        (None, True, None),  # on a terminal: until Ctrl-C
+        (None, False, DEFAULT_DURATION_S),  # without one: nobody can press Ctrl-C
+        (30.0, False, 30.0),
+        (30.0, True, 30.0),
+        (0.0, False, None),  # --duration 0: until stopped, even without a terminal
+    ],
+)
+def test_how_long_the_demo_runs(asked: float | None, terminal: bool, runs: float | None) -> None:
+    duration, note = run_length(asked, terminal=terminal)
+    assert duration == runs
+    assert bool(note) == (asked is None and not terminal)
