@@ -372,3 +372,15 @@ def check_exactly_once(
     figure = kit_figure(k, receipts, unreceipted_ok=unreceipted_ok)
     assert_figure_exactly_once(figure)
     return figure
+
+
+def synced(k: Kit, timeout: float) -> None:
+    """`ektp-agent sync --wait`; when it fails, the assertion carries the kiosk's link counters
+    and the tail of its log, so that a drain that stalls explains itself."""
+    p = k.agent_cli("sync", "--wait", "--timeout", str(timeout), timeout=timeout + 30)
+    if p.returncode != 0:
+        status = k.agent_cli("status", "--json", timeout=60)
+        raise AssertionError(
+            f"sync --wait exited {p.returncode}: {(p.stdout + p.stderr)[-800:]}\n"
+            f"status: {status.stdout[-3000:]}\nagent log: {k.log('agent')[-3000:]}"
+        )

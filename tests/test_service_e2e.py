@@ -146,13 +146,13 @@ def test_sigkill_during_enroll_loop_every_receipt_exactly_once(kit: tuple[Kit, B
         receipts.append(json.loads(line))
         if len(receipts) == 3:
             assert k.agent is not None
-            os.kill(k.agent.pid, signal.SIGKILL)  # the agent alone: its simulator lives on
+            os.kill(k.agent.pid, signal.SIGKILL)  # the agent alone, as a crash would
             break
     rest, _err = enroll.communicate(timeout=60)
     receipts += [json.loads(x) for x in rest.splitlines() if x.strip()]
     assert enroll.returncode != 0  # the service died under it
     k.agent.wait(10)  # type: ignore[union-attr]
-    k.start_agent()  # attaches to the surviving simulator, resumes the outbox
+    k.start_agent()  # resumes the outbox
     assert k.agent_cli("sync", "--wait", "--timeout", "60").returncode == 0
     # every receipt at the centre, seqs 1..N as the kiosk counts them, and nothing else but at
     # most the one commit the kill may have cut off from its receipt

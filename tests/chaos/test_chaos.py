@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.agentkit import Kit, script
-from tests.linkkit import check_exactly_once, figure_text
+from tests.linkkit import check_exactly_once, figure_text, synced
 from tests.netkit import Broker
 
 KIOSK = "320715-01"
@@ -130,7 +130,7 @@ def test_r1_sigkill_at_random_moments_loses_nothing(kit: tuple[Kit, Broker], tmp
             assert first.startswith("{"), loader.communicate(timeout=60)
             time.sleep(rnd.uniform(0.0, ENROLL_S if phase == "enroll" else 0.6))
         assert k.agent is not None
-        os.kill(k.agent.pid, signal.SIGKILL)  # the agent alone: its simulator lives on
+        os.kill(k.agent.pid, signal.SIGKILL)  # the agent alone, as a crash would
         k.agent.wait(10)
         if loader is not None:
             out, err = loader.communicate(timeout=60)
@@ -141,8 +141,7 @@ def test_r1_sigkill_at_random_moments_loses_nothing(kit: tuple[Kit, Broker], tmp
     k.start_agent()
     assert k.status()["store"]["quarantined"] == []
     assert k.agent_cli("queue", "--json").returncode == 0
-    p = k.agent_cli("sync", "--wait", "--timeout", "120")
-    assert p.returncode == 0, p.stdout + p.stderr
+    synced(k, 300 if FULL else 60)
     figure = check_exactly_once(k, receipts, unreceipted_ok=unreceipted_ok)
     print(
         f"R1 kills={kills} enroll_kills={phases['enroll']} startup_kills={phases['start-up']} "
@@ -168,7 +167,7 @@ def test_r4_store_bound_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
         assert doc["queue"]["pending"] == len(receipts) and doc["queue"]["near_full"] is True
         broker.start()
         k.start_central()
-        assert k.agent_cli("sync", "--wait", "--timeout", "60").returncode == 0
+        synced(k, 60)
         figure = check_exactly_once(k, receipts)
         assert len(k.enroll(1)) == 1  # room again once the centre has them
         print(f"R4 refused_at={len(receipts)} {figure_text(figure)}")
@@ -235,7 +234,7 @@ def test_r8_corrupt_outbox_is_quarantined_salvaged_and_reported(tmp_path: Path) 
         assert all(r["packet_id"] == by_seq[int(r["seq"])]["packet_id"] for r in salvaged)
         broker.start()
         k.start_central()
-        assert k.agent_cli("sync", "--wait", "--timeout", "60").returncode == 0
+        synced(k, 60)
         stored = {r["packet_id"] for r in k.central_packets()}
         assert stored == {r["packet_id"] for r in salvaged}
         print(f"R8 committed=40 intact={len(intact)} salvaged={len(salvaged)} quarantined=1")

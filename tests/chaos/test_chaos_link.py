@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.agentkit import Kit
 from tests.chaos.test_chaos import collect, enroll_direct
-from tests.linkkit import api_status, check_exactly_once, figure_text, wait_for
+from tests.linkkit import api_status, check_exactly_once, figure_text, synced, wait_for
 from tests.netkit import Broker, TcpProxy
 from wire.ack import AckError, AckResult, AckStatus, sign_ack, verify_ack
 from wire.chunk import packet_sha256
@@ -102,7 +102,7 @@ def test_r2_broker_killed_and_restarted_mid_drain(tmp_path: Path, broker: Broker
             broker.start()
             wait_link(k, reconnected_since(before), 30, "the kiosk to reconnect")
         receipts += collect(loader)
-        assert k.agent_cli("sync", "--wait", "--timeout", "180").returncode == 0
+        synced(k, 180 if FULL else 60)
         figure = check_exactly_once(k, receipts)
         mid_drain = sum(1 for n in in_window if n)
         print(
@@ -159,9 +159,7 @@ def test_r3_link_flaps_deliver_everything_without_operator_action(tmp_path: Path
                 wait_link(k, reconnected_since(before), 30, f"the kiosk to reconnect after a {kind}")
                 cuts[kind] += 1
             receipts += collect(loader)
-        assert (
-            k.agent_cli("sync", "--wait", "--timeout", "180").returncode == 0
-        )  # no operator action in between
+        synced(k, 180 if FULL else 60)  # no operator action in between
         figure = check_exactly_once(k, receipts)
         print(
             f"R3 seconds={duration:.0f} flaps={sum(flaps.values())} {flaps} cut={cuts['drop'] + cuts['stall']} "
@@ -287,7 +285,7 @@ def test_r7_forged_replayed_and_garbage_acks_delete_nothing(tmp_path: Path, brok
 
         replayer = AckReplayer(broker.port, KIOSK, k.root / "central" / "central.key.pub")
         k.start_central()  # now the genuine acks, each replayed twice right behind itself
-        assert k.agent_cli("sync", "--wait", "--timeout", "60").returncode == 0
+        synced(k, 60)
         assert replayer.finals_replayed >= 2 * len(ids)
         wait_link(k, lambda doc: replayed(doc) >= replayer.finals_replayed, 30, "every replay read")
         base = replayed(link(k))

@@ -74,7 +74,7 @@ KIND_WORDS = {
     "garbage": ("garbage", "broken packets", "noise", "checksum", "not a jpeg", "garbled"),
     "bad-checksum": ("checksum", "crc", "broken packets", "truncated", "corrupt"),
     "slow": ("slow",),
-    "device-error": ("reports", "error", "failed"),
+    "device-error": ("reports", "error", "_err", "refused", "capture failed"),  # the device's own code
     "low-quality": ("quality",),
 }
 LOAD_RETRY_S = 1.0  # after a refusal, as an operator reads the message before trying again
@@ -224,8 +224,8 @@ def kit(tmp_path: Path) -> Iterator[tuple[Kit, Broker]]:
     broker = Broker(tmp_path / "broker")
     broker.start()
     k = Kit(tmp_path / "kit", broker.port, health_s=HEALTH_S)
-    k.setup_keys()
     try:
+        k.setup_keys()  # inside: a failure here must still stop the broker
         yield k, broker
     finally:
         k.close()
