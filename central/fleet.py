@@ -7,7 +7,7 @@ Columns (also the JSON keys of `ektp-central fleet --json`):
     online                True / False from its last applied status, None if never heard
     status_ts             when that status was applied (the centre's clock)
     last_health_ts        the ``ts`` of its last health snapshot (the kiosk's clock)
-    faulty                devices whose state is "fault" or "absent", sorted
+    faulty                devices whose state is "fault" or "absent", sorted (not those not yet tested)
     degraded              devices whose state is "degraded", sorted
     backlog               queue.pending of the last health snapshot (None if unknown)
     oldest_pending_age_s  queue.oldest_pending_age_s of that snapshot
@@ -28,6 +28,7 @@ from typing import Any, TypedDict
 
 FIRST_SEQ = 1  # the outbox numbers a kiosk's packets from 1
 FAULTY_STATES = frozenset({"fault", "absent"})
+NOT_YET_TESTED = "not yet tested"  # a device's detail before its first self-test (agent.health)
 
 
 class FleetRow(TypedDict):
@@ -135,6 +136,8 @@ def _apply_health(row: FleetRow, doc: dict[str, Any]) -> None:
     if isinstance(devices, dict):
         for name, device in devices.items():
             state = device.get("state") if isinstance(device, dict) else None
+            if isinstance(device, dict) and device.get("detail") == NOT_YET_TESTED:
+                continue  # a kiosk just started: its first self-test has not run, nothing is known
             if state in FAULTY_STATES:
                 row["faulty"].append(str(name))
             elif state == "degraded":

@@ -482,3 +482,20 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:pw@h:5432/db?x=1") == "postgresql://u:***@h:5432/db?x=1"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redact_url("/var/lib/ektp-central/central.db") == "/var/lib/ektp-central/central.db"
+
+
+def test_devices_not_yet_tested_are_not_faulty_in_the_fleet(store: CentralStore) -> None:
+    """A kiosk's first health after a start reports its devices absent with detail "not yet tested":
+    nothing is known of them yet, so the fleet does not call them faulty."""
+    store.record_health(
+        "320715-01",
+        {
+            "devices": {
+                "fingerprint": {"state": "absent", "detail": "not yet tested"},
+                "iris": {"state": "fault", "detail": "iris on USB did not answer"},
+                "camera": {"state": "absent", "detail": "no camera on the CSI port"},
+            }
+        },
+    )
+    (row,) = store.fleet()
+    assert row["faulty"] == ["camera", "iris"]
