@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +39,19 @@ def _processes_naming(text: str) -> list[str]:
     return found
 
 
+@pytest.fixture
+def short_dir(tmp_path: Path) -> Iterator[Path]:
+    """A demo directory with a short path: its Unix sockets must fit in sun_path (108 bytes),
+    and a parallel run's temporary folders are long (…/popen-gw1/test_…)."""
+    path = Path(tempfile.mkdtemp(prefix="demo-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(110)
-def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path) -> None:
-    demo_dir = tmp_path / "demo"
+def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path, short_dir: Path) -> None:
+    demo_dir = short_dir / "demo"
     argv = [sys.executable, "-m", "demo", "--duration", "40", "--cut-after", "10", "--cut-for", "10"]
     proc = subprocess.Popen(
         [*argv, "--dir", str(demo_dir)],
@@ -93,10 +105,10 @@ def test_demo_enrolls_survives_a_broker_cut_and_stops_cleanly(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(90)
-def test_without_a_terminal_it_says_first_that_it_stops_by_itself(tmp_path: Path) -> None:
+def test_without_a_terminal_it_says_first_that_it_stops_by_itself(tmp_path: Path, short_dir: Path) -> None:
     """No --duration and no terminal: the first line says it stops after 60 s. SIGTERM while
     it starts up stops it cleanly at once, with nothing left running."""
-    demo_dir = tmp_path / "demo"
+    demo_dir = short_dir / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "demo", "--dir", str(demo_dir)],
         stdin=subprocess.DEVNULL,
