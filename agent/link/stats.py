@@ -47,6 +47,7 @@ class LinkStats:
             "connection": self.connection,
             "in_flight": self.in_flight,
             "in_flight_bytes": self.in_flight_bytes,
+            "awaiting_puback": self.awaiting_puback,
             "rate_bytes_per_s": self.rate_bytes_per_s,
             "chunk_bytes": self.chunk_bytes,
             "damaged": self.damaged,

@@ -125,7 +125,11 @@ class TransferWindow:
         return max(MIN_INFLIGHT_CHUNKS * self.chunk_size(), int(self.rate * INFLIGHT_S))
 
     def in_flight(self) -> int:
-        probes = sum(1 for t in self.transfers.values() if t.probing)
+        """Bytes published and not yet confirmed, a probe that is out counting as one chunk (its
+        answer may start the packet's bytes). A probe not yet sent is not in flight: counted, it
+        would take the budget that the first chunk of an answered packet needs, and neither
+        would ever go (nothing out, so nothing stalls)."""
+        probes = sum(1 for t in self.transfers.values() if t.probe_out)
         return sum(t.in_flight for t in self.transfers.values()) + probes * self.chunk_size()
 
     def packets_wanted(self) -> int:
@@ -148,15 +152,17 @@ class TransferWindow:
         return t
 
     def next_chunk(self) -> Chunk | None:
-        """The next chunk to publish, or None when the window is full or nothing is due."""
+        """The next chunk to publish, or None when the window is full or nothing is due.
+
+        Probes first: they are small, outside the byte budget, and each tells where a packet
+        resumes; a probe waiting behind another packet's chunks could wait for ever."""
         now = self.clock()
+        for t in self.transfers.values():
+            if t.probing and not t.probe_out and t.hold_until <= now:
+                return probe_chunk(t.packet_id, t.sha256, t.total)
         budget = self.inflight_limit() - self.in_flight()
         for t in self.transfers.values():
-            if t.hold_until > now:
-                continue
-            if t.probing:
-                if not t.probe_out:
-                    return probe_chunk(t.packet_id, t.sha256, t.total)
+            if t.hold_until > now or t.probing:
                 continue
             if t.next_offset >= t.total:
                 continue
