@@ -138,6 +138,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         (HOSTILE,),
     ),
     Mutation(
+        "probe-behind-chunks",
+        "the drain resumes after any reconnect (unsent probes take the byte budget, as before the fix)",
+        (
+            Edit(
+                "agent/link/transfer.py",
+                "        probes = sum(1 for t in self.transfers.values() if t.probe_out)\n",
+                "        probes = sum(1 for t in self.transfers.values() if t.probing)\n",
+            ),
+            Edit(
+                "agent/link/transfer.py",
+                "        for t in self.transfers.values():\n"
+                "            if t.probing and not t.probe_out and t.hold_until <= now:\n"
+                "                return probe_chunk(t.packet_id, t.sha256, t.total)\n",
+                "",
+            ),
+            Edit(
+                "agent/link/transfer.py",
+                "            if t.hold_until > now or t.probing:\n                continue\n",
+                "            if t.hold_until > now:\n                continue\n"
+                "            if t.probing:\n                if not t.probe_out:\n"
+                "                    return probe_chunk(t.packet_id, t.sha256, t.total)\n"
+                "                continue\n",
+            ),
+        ),
+        ("tests/test_transfer.py::test_probes_waiting_behind_an_answered_packet_still_go",),
+        "R3 hit it in two of about twenty runs (the drain stood still after a stall and two drops)",
+    ),
+    Mutation(
         "dropped-receipt",
         "every committed packet has its receipt (the service drops one receipt in three)",
         (
