@@ -50,8 +50,12 @@ typecheck: $(STAMP)
 # most tests wait on brokers and processes, so two cores finish in about half the time.
 # PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
+# Its own short temporary folder (the simulators' Unix socket paths must fit in 107 bytes,
+# and xdist adds a level), kept when a test failed, removed when all passed.
 pytest: setup
-	$(VENV)/bin/pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+	@tmp=$$(mktemp -d /tmp/ektp-test.XXXXXX) && \
+	$(VENV)/bin/pytest -q --basetemp=$$tmp $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) \
+	  && rm -rf $$tmp || { echo "test files kept in $$tmp"; exit 1; }
 
 test: setup lint typecheck pytest
 

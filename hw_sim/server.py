@@ -42,6 +42,7 @@ PID_FILE = "sim.pid"
 ACCEPT_POLL_S = 0.2  # how often the control thread looks at its stop flag
 CLIENT_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 64 * 1024
+SUN_PATH_MAX = 107  # a Unix socket path: sun_path holds 108 bytes on Linux, with its NUL
 
 # Device name -> (module, class). Imported lazily: a simulator runs with whichever devices exist.
 DEVICE_CLASSES: dict[str, tuple[str, str]] = {
@@ -135,7 +136,7 @@ class SimServer:
         if pid is not None:
             who = f" (pid {pid})" if pid > 0 else ""
             raise SimAlreadyRunning(f"a simulator already runs for {self.sim_dir}{who}")
-        if len(str(self.control_path)) > 100:
+        if len(os.fsencode(self.control_path)) > SUN_PATH_MAX:
             raise SimError(f"{self.control_path} is too long for a Unix socket path: use a shorter --dir")
         try:
             for name in self.requested:
