@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wire.config_file import KeyDoc, render
+from wire.config_file import KeyDoc, missing_mqtt_file, render
 from wire.keys import KeyFileError, KeyFileMissing, load_central_public, load_kiosk_private
 from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 
@@ -551,27 +551,15 @@ def check_environment(config: AgentConfig) -> None:
     (the service's user is the one that must read it).
     :raises ConfigError: naming the key
     """
-    m = config.mqtt
-    for key, file in (
-        ("password_file", m.password_file),
-        ("ca_file", m.ca_file),
-        ("cert_file", m.cert_file),
-        ("key_file", m.key_file),
-    ):
-        if file is None:
-            continue
-        try:
-            is_file = file.is_file()
-        except PermissionError:
-            continue
-        if not is_file:
-            what = "is not a regular file" if file.exists() else "does not exist"
-            raise ConfigError(
-                f"mqtt.{key}",
-                str(file),
-                f"an existing file ({file} {what}; the MQTT link cannot connect without it)",
-                path=config.source,
-            )
+    missing = missing_mqtt_file(config.mqtt)
+    if missing is not None:
+        key, file, what = missing
+        raise ConfigError(
+            f"mqtt.{key}",
+            str(file),
+            f"an existing file ({file} {what}; the MQTT link cannot connect without it)",
+            path=config.source,
+        )
     if "store.max_bytes" in config.explicit:
         disk = _nearest_existing(config.outbox_path.parent)
         try:

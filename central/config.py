@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wire.config_file import KeyDoc, render
+from wire.config_file import KeyDoc, missing_mqtt_file, render
 from wire.keys import KeyFileError, KeyFileMissing, load_central_private
 from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
 
@@ -483,27 +483,15 @@ def check_environment(config: CentralConfig) -> None:
     must read it); `run` says so when it cannot.
     :raises ConfigError: naming the key and the file
     """
-    m = config.mqtt
-    for key, file in (
-        ("password_file", m.password_file),
-        ("ca_file", m.ca_file),
-        ("cert_file", m.cert_file),
-        ("key_file", m.key_file),
-    ):
-        if file is None:
-            continue
-        try:
-            is_file = file.is_file()
-        except PermissionError:
-            continue
-        if not is_file:
-            what = "is not a regular file" if file.exists() else "does not exist"
-            raise ConfigError(
-                f"mqtt.{key}",
-                str(file),
-                f"an existing file ({file} {what}; the broker connection cannot be made without it)",
-                path=config.source,
-            )
+    missing = missing_mqtt_file(config.mqtt)
+    if missing is not None:
+        key, file, what = missing
+        raise ConfigError(
+            f"mqtt.{key}",
+            str(file),
+            f"an existing file ({file} {what}; the broker connection cannot be made without it)",
+            path=config.source,
+        )
 
 
 @dataclass(frozen=True, slots=True)

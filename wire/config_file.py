@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CONFIG_FILE_MODE = 0o640  # owner writes, the service's group reads (it may name password files)
 WIDTH = 88
@@ -222,3 +223,22 @@ def write_error(exc: OSError, path: Path) -> str:
     if isinstance(exc, FileNotFoundError | NotADirectoryError):
         return f"cannot write {path}: the directory {path.parent} does not exist; create it first"
     return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def missing_mqtt_file(mqtt: Any) -> tuple[str, Path, str] | None:
+    """The first of the MQTT password and TLS files an ``[mqtt]`` section names that is not a
+    regular file: ``(key, path, "does not exist" or "is not a regular file")``, or None.
+
+    A file this user may not look at counts as there: the service's user is the one that reads it.
+    """
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        file: Path | None = getattr(mqtt, key)
+        if file is None:
+            continue
+        try:
+            if file.is_file():
+                continue
+        except PermissionError:
+            continue
+        return key, file, "is not a regular file" if file.exists() else "does not exist"
+    return None
