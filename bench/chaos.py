@@ -39,11 +39,15 @@ def main() -> int:
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     figures: dict[str, dict[str, object]] = {}
     for line in p.stdout.splitlines():
-        m = re.match(r"^\.?(R\d|S\d) (.*)$", line.strip())
+        # a figure line may follow the previous test's progress mark (".", "F", "E") on its line
+        m = re.match(r"^[.FEsx]*(R\d|S\d) (.*)$", line.strip())
         if m:
-            print(line.strip().lstrip("."))
+            print(line.strip().lstrip(".FEsx"))
             fields = dict(re.findall(r"(\w+)=([\w./]+)", m.group(2)))
             figures[m.group(1)] = {k: (int(v) if v.isdigit() else v) for k, v in fields.items()}
+    failed = [x for x in p.stdout.splitlines() if x.startswith(("FAILED", "ERROR"))]
+    for line in failed:  # which test failed, and the first line of why
+        print(line)
     tail = [x for x in p.stdout.splitlines() if x.strip()][-1:] or [""]
     print(tail[0])
     print(json.dumps({"ok": p.returncode == 0, "figures": figures}))
