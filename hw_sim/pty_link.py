@@ -70,8 +70,12 @@ class PtyPort:
         os.replace(tmp, self.link)  # atomic: a driver never sees the path half-made
 
     def unplug(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
+        # Only our own link: a simulator that took this path over since (a service started
+        # again while this one was still stopping) keeps its device. Compared while our pty
+        # is still open, so its name cannot have been given to the other one.
+        with contextlib.suppress(OSError):
+            if self.slave_name is not None and os.readlink(self.link) == self.slave_name:
+                self.link.unlink()
         for fd in (self._master, self._slave):
             if fd is not None:
                 with contextlib.suppress(OSError):

@@ -159,3 +159,18 @@ def test_the_next_service_waits_for_a_dead_services_simulator_and_starts_its_own
             owner.kill()
             owner.wait(10)
         _kill_leftovers(sim_dir)
+
+
+def test_a_stopping_simulator_leaves_the_device_link_another_one_took_over(tmp_path: Path) -> None:
+    """A service killed in start-up: its simulator stops after the next service's simulator
+    already made its own device at the same path; the old one must not remove that link."""
+    from hw_sim.pty_link import PtyPort
+
+    link = tmp_path / "fingerprint"
+    old, new = PtyPort(link), PtyPort(link)
+    old.plug()
+    new.plug()  # the next simulator replaces the link with its own pty
+    old.unplug()
+    assert link.is_symlink() and os.readlink(link) == new.slave_name
+    new.unplug()
+    assert not link.exists() and not link.is_symlink()
