@@ -9,7 +9,6 @@ import random
 import sqlite3
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -449,18 +448,15 @@ def test_newer_schema_is_refused_not_quarantined(db: Path) -> None:
     assert not list(db.parent.glob("*.corrupt-*"))
 
 
-def test_stats_are_cheap_with_7000_rows(db: Path) -> None:
+def test_stats_count_7000_rows(db: Path) -> None:
+    """What stats() counts with a full day's rows; how long it takes is measured in bench/timings.py."""
     with Outbox(db) as ob:
         for _ in range(7000):
             ob.commit(lambda seq: FakePacket(str(uuid.uuid4()), "2026-01-01T00:00:00Z", b"p" * 16))
         ob.mark_delivered([q.packet_id for q in ob.undelivered()[:3000]])
-        started = time.perf_counter()
-        for _ in range(200):
-            s = ob.stats()
-        per_call = (time.perf_counter() - started) / 200
+        s = ob.stats()
     assert (s.pending, s.delivered, s.last_seq) == (4000, 3000, 7000)
     assert s.oldest_pending_age_s is not None and s.oldest_pending_age_s >= 0
-    assert per_call < 0.002, f"stats() took {per_call * 1000:.2f} ms"
 
 
 def test_closed_outbox_raises(db: Path) -> None:
