@@ -64,9 +64,7 @@ DOCS_TO_RUN = [d for d in DOCS if any(b.marker in RUNNABLE for b in blocks(d))]
 
 # Documents another engineer is writing right now, whose shell blocks still need their
 # markers (issue 11). strict: the day they have them, this entry must go.
-MARKERS_PENDING = {
-    "benchmarks.md": "being rewritten with its commands as marked ```sh blocks (issue 11)",
-}
+MARKERS_PENDING = {}
 
 
 @pytest.mark.parametrize(
