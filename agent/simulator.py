@@ -62,14 +62,17 @@ class Simulator:
                     status.get("pid"),
                 )
                 return
-            self._wait_gone(owner)
+            self._wait_gone(owner, status.get("pid"))
         self._start()
 
-    def _wait_gone(self, owner: object) -> None:
-        """A simulator that another service started: it goes by itself once that service is gone."""
+    def _wait_gone(self, owner: object, pid: object) -> None:
+        """A simulator that another service started: it goes by itself once that service is gone.
+
+        Waited for until its process has exited, not only its control socket: a simulator
+        still stopping removes its files, and ours must not be made before that ends."""
         log.info("the simulator at %s belongs to service pid %s: waiting for it to stop", self.sim_dir, owner)
         deadline = time.monotonic() + ORPHAN_GONE_TIMEOUT_S
-        while self.running():
+        while self.running() or _alive(pid):
             if time.monotonic() > deadline:
                 raise SimulatorError(
                     f"the simulator at {self.sim_dir} belongs to another running service (pid {owner}): "
@@ -128,3 +131,14 @@ class Simulator:
                 self.child.kill()
                 self.child.wait(5)
         self.child = None
+
+
+def _alive(pid: object) -> bool:
+    """Whether process ``pid`` still runs (a zombie has finished; None or junk: no)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
