@@ -62,21 +62,7 @@ RUNNABLE = ("run", "mosquitto", "file")
 DOCS_TO_RUN = [d for d in DOCS if any(b.marker in RUNNABLE for b in blocks(d))]
 
 
-# Documents another engineer is writing right now, whose shell blocks still need their
-# markers (issue 11). strict: the day they have them, this entry must go.
-MARKERS_PENDING = {}
-
-
-@pytest.mark.parametrize(
-    "doc",
-    [
-        pytest.param(d, marks=pytest.mark.xfail(reason=MARKERS_PENDING[d.name], strict=True))
-        if d.name in MARKERS_PENDING
-        else d
-        for d in DOCS
-    ],
-    ids=lambda d: d.name,
-)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_every_shell_block_is_marked(doc: Path) -> None:
     found = problems(doc)
     assert not found, "\n".join(found)
