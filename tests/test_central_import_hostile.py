@@ -11,7 +11,6 @@ import os
 import socket
 import sqlite3
 import stat
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 from central.import_dir import MAX_FILE_BYTES, ExportDir, Skipped
 from central.store import open_store
 from tests import centralkit
+from tests import test_central_cli as cli
 from tests.centralkit import Kiosk
 from wire.keys import create_central_keys
 
@@ -31,23 +31,12 @@ SECRET = b"root:$6$hostile$not-a-packet:19000:0:99999:7:::\n"
 
 
 @dataclass
-class Centre:
-    dir: Path
-    config: Path
+class Centre(cli.Centre):
+    """The centre of tests/test_central_cli.py (`run`, `json`), with its store, key and a kiosk."""
+
     db: Path
     key: Path
     kiosk: Kiosk
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "EKTP_CENTRAL_CONFIG"}
-        return subprocess.run(
-            [str(CENTRAL), "--config", str(self.config), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd=self.dir,
-        )
 
     def quarantined(self) -> list[bytes]:
         with sqlite3.connect(self.db) as db:
