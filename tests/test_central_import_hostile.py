@@ -11,7 +11,6 @@ import os
 import socket
 import sqlite3
 import stat
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from tests import test_central_cli as cli
 from tests.centralkit import Kiosk
 from wire.keys import create_central_keys
 
-CENTRAL = Path(sys.executable).parent / "ektp-central"
 SECRET = b"root:$6$hostile$not-a-packet:19000:0:99999:7:::\n"
 
 
