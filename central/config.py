@@ -33,6 +33,11 @@ MAX_CLIENT_ID = 64  # what any broker takes (MQTT 5 allows more; 3.1.1 servers n
 MAX_SESSION_EXPIRY_S = 0xFFFF_FFFF  # MQTT 5's four-byte session expiry interval; paho's thread dies past it
 MAX_PARTIAL_EXPIRY_S = 36525 * 86400  # 100 years (some 2000 years would overflow the date arithmetic)
 DAY_S = 86400
+DEFAULT_WEB_LISTEN = "127.0.0.1:8080"  # `ektp-central web` without [web] listen
+DEFAULT_HEALTH_DETAIL_HOURS = 24  # health history kept in 5-minute buckets this long, then hourly
+DEFAULT_HEALTH_RETENTION_DAYS = 31
+DEFAULT_BACKLOG_PROBLEM_HOURS = 24.0  # a kiosk whose oldest undelivered packet is older is a problem
+LISTEN_RE = re.compile(r"(\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")  # a name or an IPv4 address
 IPV6_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9_.-]{1,64})?")  # with an optional zone (fe80::1%eth0)
 URL_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -87,6 +92,40 @@ def default_client_id(instance: str, hostname: str | None = None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class CentralWeb:
+    """[web]: the fleet view and /metrics (central.web)."""
+
+    listen: str = ""  # "": `run` serves no web view; `ektp-central web` then uses DEFAULT_WEB_LISTEN
+    users_file: Path | None = None  # HTTP basic users with scrypt hashes (`ektp-central web passwd`)
+    refresh_s: int = 15
+    backlog_problem_hours: float = DEFAULT_BACKLOG_PROBLEM_HOURS
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of listen, or of DEFAULT_WEB_LISTEN when it is empty."""
+        return parse_listen(self.listen or DEFAULT_WEB_LISTEN)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port). :raises ValueError: neither"""
+    m = LISTEN_RE.fullmatch(text)
+    if m is None or not 1 <= int(m.group("port")) <= 65535:
+        raise ValueError(f"{text!r} is not host:port")
+    return (m.group("v6") or m.group("host")), int(m.group("port"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class CentralConfig:
     mqtt: CentralMqtt = field(default_factory=CentralMqtt)
     store_url: str = DEFAULT_STORE_URL
@@ -94,6 +133,9 @@ class CentralConfig:
     quarantine_dir: Path | None = None  # default: beside the SQLite store, or ./quarantine
     partial_expiry_s: float = DEFAULT_PARTIAL_EXPIRY_S
     quarantine_cap_bytes: int = QUARANTINE_CAP_BYTES
+    health_detail_hours: int = DEFAULT_HEALTH_DETAIL_HOURS
+    health_retention_days: int = DEFAULT_HEALTH_RETENTION_DAYS
+    web: CentralWeb = field(default_factory=CentralWeb)
     source: Path | None = None
 
 
@@ -130,6 +172,14 @@ def _host(text: str) -> bool:
 def _share_group(text: str) -> bool:
     """MQTT 5, 4.8.2: a ShareName is at least one character and contains none of / + #."""
     return 1 <= len(text) <= 128 and not any(c in "/+#" for c in text) and _no_controls(text)
+
+
+def _listen(text: str) -> bool:
+    try:
+        parse_listen(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _store_url(text: str) -> bool:
@@ -270,6 +320,50 @@ _KEYS: dict[str, dict[str, _Key]] = {
             meaning="What the quarantine may hold per kiosk (268435456 is 256 MiB); beyond it an input is"
             " counted, not kept.",
         ),
+        "health_detail_hours": _Key(
+            int,
+            lambda v: 1 <= v <= 24 * 366,
+            "whole hours, 1-8784",
+            meaning="Each kiosk's health history is kept in 5-minute steps this long, then in hourly steps"
+            " (the highest backlog and the worst device state of each hour).",
+        ),
+        "health_retention_days": _Key(
+            int,
+            lambda v: 1 <= v <= 3660,
+            "whole days, 1-3660",
+            meaning="Health history older than this is deleted (at 10,000 kiosks one day of hourly steps is"
+            " 240,000 rows).",
+        ),
+    },
+    "web": {
+        "listen": _Key(
+            str,
+            lambda v: v == "" or _listen(v),
+            'host:port or [IPv6]:port (e.g. "127.0.0.1:8080"), or "" for none',
+            meaning="Where the fleet web view and /metrics listen. Set, `ektp-central run` serves them too;"
+            " `ektp-central web` uses 127.0.0.1:8080 without it. Any address other than loopback needs"
+            " users_file.",
+            example="127.0.0.1:8080",
+        ),
+        "users_file": _Key(
+            Path,
+            meaning="The web view's users, one `name:scrypt-hash` line each, written by `ektp-central web"
+            " passwd NAME` (mode 0640 or tighter). With it every page asks for HTTP basic login.",
+            example="/etc/ektp-central/web-users",
+        ),
+        "refresh_s": _Key(
+            int,
+            lambda v: 2 <= v <= 3600,
+            "whole seconds, 2-3600",
+            meaning="How often the fleet and kiosk pages reload themselves.",
+        ),
+        "backlog_problem_hours": _Key(
+            float,
+            lambda v: math.isfinite(v) and 0 < v <= 24 * 366,
+            "hours above 0, at most 8784",
+            meaning="A kiosk whose oldest undelivered packet is older than this is listed as a problem"
+            " (`fleet` exits 1, the fleet page marks it).",
+        ),
     },
     "keys": {
         "central_private_key": _Key(
@@ -284,6 +378,7 @@ _SECTIONS = {
     "mqtt": "The broker: the kiosks' packets and health arrive through it, acknowledgements leave.",
     "store": "Where the centre keeps packets, the fleet's health, the quarantine and the kiosks' keys.",
     "keys": "The centre's own key pairs: packets are encrypted to one, acknowledgements signed with the other.",
+    "web": "The fleet web view and the Prometheus metrics (`ektp-central web`, or inside `run`).",
 }
 
 
@@ -322,6 +417,7 @@ def parse_central_config(text: str, path: Path) -> CentralConfig:
     values = _typed_values(doc, path)
     mqtt = values.get("mqtt", {})
     _check_combinations(mqtt, path)
+    _check_web(values.get("web", {}), path)
     store = values.get("store", {})
     url = store.get("url", DEFAULT_STORE_URL)
     if not url.startswith(("postgresql://", "postgres://")):
@@ -335,6 +431,9 @@ def parse_central_config(text: str, path: Path) -> CentralConfig:
         quarantine_dir=store.get("quarantine_dir"),
         partial_expiry_s=store.get("partial_expiry_s", DEFAULT_PARTIAL_EXPIRY_S),
         quarantine_cap_bytes=store.get("quarantine_cap_bytes", QUARANTINE_CAP_BYTES),
+        health_detail_hours=store.get("health_detail_hours", DEFAULT_HEALTH_DETAIL_HOURS),
+        health_retention_days=store.get("health_retention_days", DEFAULT_HEALTH_RETENTION_DAYS),
+        web=CentralWeb(**values.get("web", {})),
         source=path,
     )
 
@@ -380,6 +479,19 @@ def _typed(name: str, raw: Any, kind: type, path: Path) -> Any:
     return raw
 
 
+def _check_web(web: dict[str, Any], path: Path) -> None:
+    """A web view on anything but loopback shows the fleet to the network: it must ask for a login."""
+    listen = web.get("listen")
+    if listen and not is_loopback(parse_listen(listen)[0]) and "users_file" not in web:
+        raise ConfigError(
+            "web.listen",
+            listen,
+            "a loopback address (127.0.0.1:PORT, [::1]:PORT), or [web] users_file beside it: any other"
+            " address needs a login (`ektp-central web passwd NAME` writes the file; docs/central.md)",
+            path=path,
+        )
+
+
 def _check_combinations(mqtt: dict[str, Any], path: Path) -> None:
     """Keys that are fine alone but cannot work together (or would silently do nothing)."""
     defaults = {f.name: f.default for f in fields(CentralMqtt)}
@@ -421,6 +533,8 @@ def default_value(section: str, key: str, config: CentralConfig | None = None) -
         return getattr(c.mqtt, key)
     if section == "store":
         return getattr(c, "store_url" if key == "url" else key)
+    if section == "web":
+        return getattr(c.web, key)
     return getattr(c, key)
 
 

@@ -1,6 +1,6 @@
 """The central store: registered kiosks, packets stored exactly once by (kiosk, packet id),
 the chunks of packets still in transfer, the quarantine, and each kiosk's last status and
-health. One interface, two backends: SQLite (a path; WAL, synchronous=FULL) and
+health with its bounded history (central.store_fleet). One interface, two backends: SQLite (a path; WAL, synchronous=FULL) and
 PostgreSQL (a postgresql:// URL).
 
     StoreError
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import threading
@@ -34,7 +33,6 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from central.fleet import FleetRow, build_fleet
 from central.kiosk_keys import (
     BEGINNING,
     KEYS_DDL,
@@ -45,6 +43,7 @@ from central.kiosk_keys import (
     pem_of,
     rows_to_keys,
 )
+from central.store_fleet import FleetTables
 from wire.chunk import MAX_PACKET_BYTES as MAX_CHUNKED_PACKET
 from wire.chunk import Chunk, covered_prefix
 from wire.names import KIOSK_ID_RE
@@ -54,9 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: packets keyed by (kiosk, packet_id); partial_chunks. 3: kiosk_keys, kiosk_counters, packets.synthetic
+# 2: packets keyed by (kiosk, packet_id); partial_chunks. 3: kiosk_keys, kiosk_counters, packets.synthetic.
+# 4: health_steps, health_hours (the bounded health history)
+SCHEMA_VERSION = 4
 SOURCES = ("mqtt", "import")
-STATUS_RANK = {"online": 0, "offline": 1}  # within one connection, online comes before offline
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
 SHA256_HEX_LEN = 64
 # per kiosk named (and for inputs naming none); [store] quarantine_cap_bytes sets it
@@ -158,7 +158,7 @@ class Sql(Protocol):
     def __call__(self, text: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class CentralStore(ABC):
+class CentralStore(FleetTables, ABC):
     """The store's interface and its shared SQL; a backend supplies ``_transaction`` and DDL types."""
 
     # column types of the backend's DDL
@@ -238,11 +238,8 @@ class CentralStore(ABC):
             " times BIGINT NOT NULL, kiosk_hint TEXT, reason TEXT NOT NULL, source TEXT,"
             f" bytes BIGINT NOT NULL, sha256 TEXT NOT NULL UNIQUE, data {blob} NOT NULL)",
             "CREATE INDEX IF NOT EXISTS quarantine_kiosk ON quarantine (kiosk_hint)",
-            "CREATE TABLE IF NOT EXISTS kiosk_status ("
-            " kiosk TEXT PRIMARY KEY, state TEXT NOT NULL, connection BIGINT,"
-            " state_rank INTEGER NOT NULL, ts TEXT NOT NULL, doc TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS kiosk_health ("
-            " kiosk TEXT PRIMARY KEY, ts TEXT NOT NULL, received_at TEXT NOT NULL, doc TEXT NOT NULL)",
+            # kiosk_status, kiosk_health and the health history (central.store_fleet)
+            *self._fleet_schema(),
         ]
 
     def _create_schema(self, sql: Sql) -> None:
@@ -541,16 +538,33 @@ class CentralStore(ABC):
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def packets(self, kiosk: str | None = None) -> list[dict[str, Any]]:
+    def packets(
+        self, kiosk: str | None = None, *, since: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         """Stored packets (no data), by kiosk and seq: ``packet_id, kiosk, seq, created_at, received_at, bytes,
-        source, synthetic`` (a simulated kit's test resident, never a real one)."""
+        source, synthetic`` (a simulated kit's test resident, never a real one). ``since`` keeps those
+        received (centre's clock) at or after an RFC 3339 time; ``limit`` the newest ``limit`` received.
+        :raises StoreInputError: ``since`` is not an RFC 3339 time, or ``limit`` below 1
+        """
         query = "SELECT packet_id, kiosk, seq, created_at, received_at, bytes, source, synthetic FROM packets"
+        conditions: list[str] = []
         params: list[Any] = []
         if kiosk is not None:
-            query += " WHERE kiosk = ?"
+            conditions.append("kiosk = ?")
             params.append(kiosk)
+        if since is not None:
+            conditions.append("received_at >= ?")
+            params.append(check_time(since, "since"))
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        if limit is not None:
+            if limit < 1:
+                raise StoreInputError(f"limit {limit} is not a number of packets (1 or more)")
+            query += " ORDER BY received_at DESC, kiosk, seq LIMIT ?"
+            params.append(limit)
         with self._tx(write=False) as sql:
-            rows = sql(query + " ORDER BY kiosk, seq, packet_id", params).fetchall()
+            rows = sql(query, params).fetchall()
+        rows.sort(key=lambda r: (r[1], r[2], r[0]))
         names = ("packet_id", "kiosk", "seq", "created_at", "received_at", "bytes", "source")
         return [{**dict(zip(names, row[:-1], strict=True)), "synthetic": bool(row[-1])} for row in rows]
 
@@ -814,110 +828,6 @@ class CentralStore(ABC):
                 sql("DELETE FROM quarantine WHERE id = ?", [qid])
             for qid, reason in sorted(kept):
                 sql("UPDATE quarantine SET reason = ? WHERE id = ?", [reason, qid])
-
-    # ------------------------------------------------------------------ status and health
-
-    def record_status(self, kiosk: str, doc: dict[str, Any]) -> bool:
-        """Apply a kiosk's status document unless it is stale; returns whether it was applied.
-
-        ``doc["state"]`` is "online" or "offline"; ``doc["connection"]``, the kiosk's
-        per-connect counter, orders them: a document of a lower counter than the
-        applied one is stale (a late Last Will), and within one connection offline
-        follows online. A document without a counter is always applied.
-        :raises StoreInputError: not a status document
-        """
-        check_kiosk_id(kiosk)
-        state = doc.get("state") if isinstance(doc, dict) else None
-        if state not in STATUS_RANK:
-            raise StoreInputError(f"status of kiosk {kiosk}: state {state!r} is not 'online' or 'offline'")
-        connection = doc.get("connection")
-        if connection is not None and (not isinstance(connection, int) or isinstance(connection, bool)):
-            raise StoreInputError(f"status of kiosk {kiosk}: connection {connection!r} is not a whole number")
-        try:
-            text = json.dumps(doc, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise StoreInputError(
-                f"status of kiosk {kiosk} is not plain JSON of finite numbers: {exc}"
-            ) from None
-        with self._tx() as sql:
-            applied = sql(
-                "INSERT INTO kiosk_status (kiosk, state, connection, state_rank, ts, doc) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kiosk) DO UPDATE SET state = excluded.state, connection = excluded.connection,"
-                " state_rank = excluded.state_rank, ts = excluded.ts, doc = excluded.doc"
-                " WHERE excluded.connection IS NULL OR kiosk_status.connection IS NULL"
-                " OR excluded.connection > kiosk_status.connection"
-                " OR (excluded.connection = kiosk_status.connection AND excluded.state_rank >= kiosk_status.state_rank)",
-                [kiosk, state, connection, STATUS_RANK[state], utc_now(), text],
-            ).rowcount
-        if not applied:
-            log.info("stale status of kiosk %s ignored: %s (connection %s)", kiosk, state, connection)
-        return bool(applied)
-
-    def status(self, kiosk: str) -> dict[str, Any] | None:
-        """The applied status of ``kiosk``: ``state, connection, ts`` (centre's time), or None."""
-        with self._tx(write=False) as sql:
-            row = sql("SELECT state, connection, ts FROM kiosk_status WHERE kiosk = ?", [kiosk]).fetchone()
-        return None if row is None else {"state": row[0], "connection": row[1], "ts": row[2]}
-
-    def record_health(self, kiosk: str, doc: dict[str, Any]) -> None:
-        """Keep ``doc`` as the kiosk's latest health snapshot. :raises StoreInputError: not a JSON object"""
-        check_kiosk_id(kiosk)
-        if not isinstance(doc, dict):
-            raise StoreInputError(f"health of kiosk {kiosk} is a {type(doc).__name__}, not a JSON object")
-        try:
-            text = json.dumps(doc, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise StoreInputError(
-                f"health of kiosk {kiosk} is not plain JSON of finite numbers: {exc}"
-            ) from None
-        now = utc_now()
-        ts = doc.get("ts") if isinstance(doc.get("ts"), str) else now
-        with self._tx() as sql:
-            sql(
-                "INSERT INTO kiosk_health (kiosk, ts, received_at, doc) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (kiosk) DO UPDATE SET ts = excluded.ts, received_at = excluded.received_at,"
-                " doc = excluded.doc",
-                [kiosk, ts, now, text],
-            )
-
-    def health(self, kiosk: str) -> dict[str, Any] | None:
-        with self._tx(write=False) as sql:
-            row = sql("SELECT doc FROM kiosk_health WHERE kiosk = ?", [kiosk]).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
-
-    # ------------------------------------------------------------------ fleet
-
-    def fleet(self) -> list[FleetRow]:
-        """One row per kiosk known from its key, status, health or packets (see central.fleet)."""
-        with self._tx(write=False) as sql:
-            registered = [r[0] for r in sql("SELECT id FROM kiosks").fetchall()]
-            status = sql("SELECT kiosk, state, ts FROM kiosk_status").fetchall()
-            health = sql("SELECT kiosk, ts, doc FROM kiosk_health").fetchall()
-            counts = sql(
-                "SELECT kiosk, COUNT(*), SUM(synthetic), MIN(seq), MAX(seq) FROM packets GROUP BY kiosk"
-            ).fetchall()
-            # gaps in each kiosk's seq, by a window over the (kiosk, seq) index: never all seqs in memory
-            gaps = sql(
-                "SELECT kiosk, prev + 1, seq - 1 FROM ("
-                " SELECT kiosk, seq, LAG(seq) OVER (PARTITION BY kiosk ORDER BY seq) AS prev FROM packets"
-                ") AS s WHERE seq - prev > 1 ORDER BY kiosk, seq"
-            ).fetchall()
-            counters = sql(
-                "SELECT kiosk, duplicate_deliveries, quarantine_dropped FROM kiosk_counters"
-            ).fetchall()
-            quarantine = sql(
-                "SELECT kiosk_hint, COUNT(*), SUM(bytes) FROM quarantine WHERE kiosk_hint IS NOT NULL"
-                " GROUP BY kiosk_hint"
-            ).fetchall()
-        return build_fleet(
-            registered=registered,
-            status=status,
-            health=health,
-            counts=counts,
-            gaps=gaps,
-            counters=counters,
-            quarantine=quarantine,
-        )
 
 
 def check_kiosk_id(kiosk_id: str) -> None:

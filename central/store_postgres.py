@@ -23,6 +23,8 @@ SCHEMA_LOCK_ID = 0x454B5450  # "EKTP": serialises schema creation between consum
 class PostgresStore(CentralStore):
     BLOB = "BYTEA"
     SERIAL_PK = "BIGSERIAL PRIMARY KEY"
+    FLOAT = "DOUBLE PRECISION"
+    GREATEST = "GREATEST"
 
     def __init__(self, url: str) -> None:
         super().__init__(redact_url(url))

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from central.fleet import default_hint
 from central.store import (
     SCHEMA_VERSION,
     CentralStore,
@@ -399,23 +400,49 @@ def test_fleet_rows_from_keys_status_health_and_packets(store: CentralStore, kio
     row = rows[kiosk.kiosk_id]
     assert row == {
         "kiosk": kiosk.kiosk_id,
+        "region": kiosk.kiosk_id[:6],
         "registered": True,
         "online": True,
         "status_ts": row["status_ts"],
+        "last_seen": max(row["status_ts"], row["health_received_at"]),  # type: ignore[type-var]
         "last_health_ts": "2026-11-27T10:00:00Z",
+        "health_received_at": row["health_received_at"],
+        "health_age_s": row["health_age_s"],
+        "devices": {
+            "fingerprint": {"state": "ok", "detail": "", "hint": ""},
+            "signature": {"state": "absent", "detail": "no answer", "hint": default_hint("signature")},
+            "iris": {"state": "fault", "detail": "no answer on USB 1234:5678", "hint": default_hint("iris")},
+            "camera": {"state": "degraded", "detail": "low light", "hint": default_hint("camera")},
+        },
         "faulty": ["iris", "signature"],
         "degraded": ["camera"],
         "backlog": 12,
+        "backlog_bytes": 3600000,
         "oldest_pending_age_s": 3600.0,
+        "rejected": None,
+        "damaged": None,
+        "clock_synchronised": None,
+        "clock_unsynchronised_s": None,
+        "disk_free_bytes": None,
+        "cpu_temp_c": None,
+        "reconnects": None,
+        "refused_pubacks": None,
+        "kiosk_problems": [],
         "stored": 5,
         "synthetic": 0,
         "last_seq": 9,
+        "last_delivery": max(p["received_at"] for p in store.packets(kiosk.kiosk_id)),
         "gaps": [[3, 4], [7, 8]],
         "duplicate_deliveries": 0,
         "quarantined": 0,
         "quarantine_bytes": 0,
         "quarantine_dropped": 0,
+        "problems": [
+            "iris fault: no answer on USB 1234:5678",
+            "signature absent: no answer",
+        ],
     }
+    assert 0 <= row["health_age_s"] < 60  # type: ignore[operator]
     assert row["status_ts"] is not None
     assert rows["320715-77"]["online"] is False and rows["320715-77"]["registered"] is False
     assert rows["320715-77"]["stored"] == 0 and rows["320715-77"]["gaps"] == []
