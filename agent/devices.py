@@ -267,7 +267,9 @@ class Devices:
     def states(self) -> dict[str, dict[str, str]]:
         out = {n: {"state": "absent", "detail": "disabled in the config"} for n in DEVICE_NAMES}
         for name, slot in self.slots.items():
-            out[name] = {"state": slot.health.state.value, "detail": slot.health.detail}
+            health = slot.health  # the hint travels to the centre's fleet view (only when not ok)
+            hint = "" if health.state.value == "ok" else health.hint
+            out[name] = {"state": health.state.value, "detail": health.detail, "hint": hint}
         return out
 
     def faulty(self) -> list[SelfTestResult]:

@@ -10,7 +10,9 @@ or the packet's final status, each naming the packet's SHA-256), and only then i
 message PUBACKed (``manual_ack``), so a crash before the commit makes the broker or the
 kiosk send it again. A probe chunk is answered from the store alone. Status and health
 use plain subscriptions (MQTT 5 sends no retained messages to shared subscriptions, and
-every consumer should see the fleet).
+every consumer should see the fleet); they wait in a queue of their own and are written
+many to a transaction (10,000 kiosks every 30 s are 333 documents a second), at least
+every FLEET_FLUSH_S, between the enrollment batches.
 
 A PUBACK goes only on the connection that delivered the message: packet ids belong to
 one connection, and after a reconnect the same id names another message. A store that
@@ -45,7 +47,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from central.config import CentralConfig
 from central.ingest import Claim, Ingestor
 from central.keyring import CentralKeyring, as_keyring
-from central.store import CentralStore, StoreError
+from central.metrics_hook import MetricsHook, no_metrics
+from central.store import CentralStore, StoreError, StoreInputError
 from wire.ack import AckResult, AckStatus, sign_ack
 from wire.chunk import Chunk, ChunkError, parse_chunk
 from wire.keys import CentralPrivateKeys
@@ -63,6 +66,9 @@ STORE_RETRY_MAX_S = 30.0
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with our client id
 EXPIRE_EVERY_S = 600.0  # how often partial transfers past [store] partial_expiry_s are deleted
 CRYPTO_THREADS = min(4, os.cpu_count() or 1)  # SHA-256, Ed25519 and ChaCha20 release the GIL
+FLEET_BATCH_MAX = 1000  # status and health documents per store transaction
+FLEET_FLUSH_S = 0.2  # ... written at least this often while they arrive
+FLEET_ERROR_LOG_S = 60.0  # a failing fleet write is logged at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +93,17 @@ class CentralConsumer:
         config: CentralConfig,
         keys: CentralPrivateKeys | CentralKeyring,
         open_store: Callable[[], CentralStore],
+        metrics: MetricsHook | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or no_metrics()
         self.keys = as_keyring(keys)
         self._on_current_key: set[str] = set()  # kiosks whose packets open with the current key
         self.open_store = open_store
         self.prefix = config.mqtt.topic_prefix
-        self._incoming: queue.Queue[_Incoming] = queue.Queue()
+        self._incoming: queue.Queue[_Incoming] = queue.Queue()  # enrollment chunks
+        self._fleet_docs: queue.Queue[_Incoming] = queue.Queue()  # status and health
+        self._fleet_error_logged = 0.0
         self._stop = threading.Event()
         self.counts: dict[str, int] = defaultdict(int)
         self.connected = threading.Event()
@@ -119,22 +129,30 @@ class CentralConsumer:
             client.connect_async(m.host, m.port, keepalive=30, clean_start=False, properties=props)
             client.loop_start()
             next_expiry = time.monotonic()
+            next_flush = time.monotonic() + FLEET_FLUSH_S
             while not self._stop.is_set():
-                batch = self._take_batch()
+                batch = self._take_batch(timeout=FLEET_FLUSH_S)
                 if batch:
                     self._handle(store, client, batch)
+                if time.monotonic() >= next_flush or self._fleet_docs.qsize() >= FLEET_BATCH_MAX:
+                    next_flush = time.monotonic() + FLEET_FLUSH_S
+                    self._record_fleet(store)
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + EXPIRE_EVERY_S
                     self._expire_partials(store)
+                    self._compact_history(store)
         finally:
             with contextlib.suppress(Exception):
                 client.disconnect()
             client.loop_stop()
             self._crypto.shutdown()
             store.close()
-            with contextlib.suppress(queue.Empty):  # not PUBACKed: the broker or the kiosk sends them again
-                while True:
-                    self._incoming.get_nowait()
+            for waiting in (self._incoming, self._fleet_docs):
+                with contextlib.suppress(
+                    queue.Empty
+                ):  # not PUBACKed: the broker or the kiosk sends them again
+                    while True:
+                        waiting.get_nowait()
 
     # ------------------------------------------------------------------------- MQTT
 
@@ -212,18 +230,17 @@ class CentralConsumer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            self._incoming.put(
-                _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c, self._connection)
-            )
+            incoming = _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c, self._connection)
+            (self._incoming if msg.topic.endswith("/enrollment") else self._fleet_docs).put(incoming)
 
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
         client.on_connect_fail = on_connect_fail
         client.on_socket_open = on_socket_open
         return client
 
-    def _take_batch(self) -> list[_Incoming]:
+    def _take_batch(self, timeout: float) -> list[_Incoming]:
         try:
-            first = self._incoming.get(timeout=0.2)
+            first = self._incoming.get(timeout=timeout)
         except queue.Empty:
             return []
         batch = [first]
@@ -251,38 +268,84 @@ class CentralConsumer:
         enrollments: list[tuple[_Incoming, str]] = []
         for msg in batch:
             route = self._kiosk_of(msg.topic)
-            if route is None:
+            if route is None or route[1] != "enrollment":
                 self._puback(msg)
                 continue
-            kiosk, kind = route
-            if kind == "enrollment":
-                enrollments.append((msg, kiosk))
-                continue
-            try:
-                self._record(store, kiosk, kind, msg.payload)
-            except Exception:
-                log.exception("recording %s of kiosk %s failed", kind, kiosk)
-            self._puback(msg)
+            enrollments.append((msg, route[0]))
         if enrollments:
             self._ingest(store, client, enrollments)
 
-    def _record(self, store: CentralStore, kiosk: str, kind: str, payload: bytes) -> None:
+    def _record_fleet(self, store: CentralStore) -> None:
+        """Write the waiting status and health documents in one transaction, then PUBACK them.
+
+        A document that is not a JSON object of finite numbers is counted and dropped; a store
+        that fails loses this round of snapshots (each is retained and sent again every health
+        interval), never an enrollment.
+        """
+        taken: list[_Incoming] = []
+        with contextlib.suppress(queue.Empty):
+            while len(taken) < FLEET_BATCH_MAX:
+                taken.append(self._fleet_docs.get_nowait())
+        if not taken:
+            return
+        docs: list[tuple[str, str, dict[str, Any]]] = []
+        for msg in taken:
+            route = self._kiosk_of(msg.topic)
+            if route is not None and route[1] in ("status", "health"):
+                doc = self._parsed(*route, msg.payload)
+                if doc is not None:
+                    docs.append((route[0], route[1], doc))
+        if docs:
+            started = time.monotonic()
+            try:
+                store.record_fleet_docs(docs)
+            except StoreInputError:  # one bad id or document: write the others one by one
+                self._record_one_by_one(store, docs)
+            except Exception as exc:
+                self.counts["store_errors"] += 1
+                self.metrics.count("store_error")
+                if time.monotonic() - self._fleet_error_logged >= FLEET_ERROR_LOG_S:
+                    self._fleet_error_logged = time.monotonic()
+                    log.error(
+                        "recording %d status and health documents failed: %s; the kiosks send them again"
+                        " with their next health",
+                        len(docs),
+                        f"{type(exc).__name__}: {exc}",
+                    )
+            else:
+                for _, kind, _ in docs:
+                    self.metrics.count(kind)
+            self.metrics.observe_store("fleet", time.monotonic() - started)
+        for msg in taken:
+            self._puback(msg)
+
+    def _record_one_by_one(self, store: CentralStore, docs: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for kiosk, kind, doc in docs:
+            try:
+                store.record_fleet_docs([(kiosk, kind, doc)])
+            except StoreInputError as exc:
+                self.counts["bad_" + kind] += 1
+                self.metrics.count("bad_message")
+                log.warning("ignored a %s message from kiosk %s: %s", kind, kiosk, exc)
+            else:
+                self.metrics.count(kind)
+
+    def _parsed(self, kiosk: str, kind: str, payload: bytes) -> dict[str, Any] | None:
+        """The document of a status or health message, or None (counted and logged) if it is not one."""
         if not payload:
-            return  # a cleared retained message
+            return None  # a cleared retained message
         try:
             doc = json.loads(payload, parse_constant=_refuse_constant) if len(payload) <= MAX_JSON else None
         except ValueError:  # also NaN and Infinity: not JSON, and they would reach `fleet --json`
             doc = None
         if not isinstance(doc, dict):
             self.counts["bad_" + kind] += 1
+            self.metrics.count("bad_message")
             log.warning(
                 "ignored a %s message from kiosk %s that is not a JSON object of finite numbers", kind, kiosk
             )
-            return
-        if kind == "status":
-            store.record_status(kiosk, doc)
-        elif kind == "health":
-            store.record_health(kiosk, doc)
+            return None
+        return doc
 
     def _ingest(self, store: CentralStore, client: mqtt.Client, items: list[tuple[_Incoming, str]]) -> None:
         """Store the batch (again and again while the store fails), then ack it, then PUBACK it."""
@@ -292,6 +355,7 @@ class CentralConsumer:
         for kiosk, ack_results in acks.items():
             for signing in self._ack_signers(kiosk):
                 client.publish(f"{self.prefix}/{kiosk}/ack", sign_ack(kiosk, ack_results, signing), qos=1)
+                self.metrics.count("acks")
         for msg, _ in items:  # PUBACK only now: the batch is durable and acknowledged
             self._puback(msg)
 
@@ -309,10 +373,12 @@ class CentralConsumer:
         """The ack results of a stored batch; None if the consumer stopped while the store failed."""
         delay = STORE_RETRY_MIN_S
         while True:
+            started = time.monotonic()
             try:
-                return self._store(store, items)
+                acks = self._store(store, items)
             except Exception as exc:
                 self.counts["store_errors"] += 1
+                self.metrics.count("store_error")
                 log.error(
                     "storing a batch of %d packets failed: %s; nothing of it acked, trying again in %.1f s",
                     len(items),
@@ -320,6 +386,9 @@ class CentralConsumer:
                     delay,
                     exc_info=not isinstance(exc, StoreError),  # a StoreError's message says it all
                 )
+            else:
+                self.metrics.observe_store("packets", time.monotonic() - started)
+                return acks
             if self._stop.wait(delay):
                 log.warning("stopping with %d packets not stored: the kiosks send them again", len(items))
                 return None
@@ -347,6 +416,7 @@ class CentralConsumer:
                 reason = "" if held == chunk.sha256 else "other bytes are stored under this packet id"
                 acks[kiosk].append(AckResult(chunk.packet_id, chunk.sha256, status, reason))
                 self.counts[status.value] += 1
+                self.metrics.count(status.value)
                 if status is AckStatus.DUPLICATE:
                     resent[kiosk].add(chunk.packet_id)
             elif chunk.probe:
@@ -386,6 +456,7 @@ class CentralConsumer:
         results = []
         for (kiosk, chunk, _), result in zip(finals, ingested, strict=True):
             self.counts[result.status] += 1  # the ingest and the store log what is not stored
+            self.metrics.count(result.status)
             if result.generation == 0:
                 self._on_current_key.add(kiosk)
             results.append(AckResult(chunk.packet_id, chunk.sha256, AckStatus(result.status), result.reason))
@@ -403,6 +474,22 @@ class CentralConsumer:
         if n:
             self.counts["partials_expired"] += n
             log.info("deleted %d partial transfers older than %d s", n, expiry)
+
+    def _compact_history(self, store: CentralStore) -> None:
+        c = self.config
+        try:
+            done = store.compact_health_history(c.health_detail_hours, c.health_retention_days)
+        except StoreError as exc:
+            log.warning("compacting the health history failed: %s; trying again later", exc)
+            return
+        if done["folded"] or done["deleted"]:
+            log.info(
+                "health history: %d 5-minute steps folded into %d hours, %d rows past %d days deleted",
+                done["folded"],
+                done["hours_written"],
+                done["deleted"],
+                c.health_retention_days,
+            )
 
     def _puback(self, msg: _Incoming) -> None:
         if msg.qos > 0 and msg.connection == self._connection:  # else the broker resends it (or the kiosk)

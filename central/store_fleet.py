@@ -182,9 +182,9 @@ class FleetTables:
         keep_after = epoch - retention_days * 86400
         devices = ", ".join(f"MAX(dev_{d})" for d in HISTORY_DEVICES)
         select = (
-            "SELECT kiosk, bucket - (bucket % 3600), SUM(samples), MAX(backlog), MAX(backlog_bytes),"
+            "SELECT kiosk, (bucket / 3600) * 3600, SUM(samples), MAX(backlog), MAX(backlog_bytes),"
             f" MAX(oldest_age_s), {devices} FROM health_steps WHERE bucket < ?"
-            " GROUP BY kiosk, bucket - (bucket % 3600)"
+            " GROUP BY kiosk, (bucket / 3600) * 3600"
         )
         with self._tx() as sql:
             written = sql(self._merge_sql("health_hours", select), [fold_before]).rowcount
