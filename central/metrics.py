@@ -202,9 +202,13 @@ DEVICE_STATE_HELP = (
     "1 for each device's current state in the kiosk's last health snapshot (one series per device)"
 )
 TOTAL_GAUGES: tuple[tuple[str, str, str], ...] = (
-    ("kiosks", "kiosks", "Kiosks the store knows (by key, status, health or packets)"),
-    ("packets", "stored_packets", "Packets in the central store (real residents)"),
-    ("synthetic", "stored_synthetic_packets", "Synthetic packets in the central store (simulated kits)"),
+    ("kiosks", "kiosks", "Kiosks registered (with a public key) in the central store"),
+    ("packets", "stored_packets", "Packets in the central store, synthetic ones included"),
+    (
+        "synthetic",
+        "stored_synthetic_packets",
+        "Synthetic packets in the central store (simulated kits' test residents)",
+    ),
     ("quarantine_rows", "quarantine_rows", "Inputs held in the quarantine for a person to look at"),
     ("quarantine_bytes", "quarantine_bytes", "Bytes held in the quarantine"),
 )
