@@ -26,7 +26,6 @@ from wire import __version__
 from wire.keys import KeyFileError
 
 if TYPE_CHECKING:
-    from central.fleet import FleetRow
     from central.keyring import CentralKeyring
     from central.store import CentralStore
 
@@ -142,104 +141,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-@main.command("packets")
-@click.option("--kiosk", "kiosk", metavar="ID", help="Only this kiosk's packets.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@pass_ctx
-def packets_cmd(ctx: Context, kiosk: str | None, as_json: bool) -> None:
-    """List the stored packets by kiosk and seq (ids, sizes and times; never content).
-
-    JSON: a list of objects with packet_id, kiosk, seq, created_at, received_at, bytes, source.
-
-    \b
-    Example:
-      ektp-central --config central.toml packets --kiosk 320715-01 --json
-    """
-    with central_store(ctx) as store:
-        rows = store.packets(kiosk)
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(
-        ["packet_id", "kiosk", "seq", "created_at", "received_at", "bytes", "source"],
-        [
-            [r["packet_id"], r["kiosk"], r["seq"], r["created_at"], r["received_at"], r["bytes"], r["source"]]
-            for r in rows
-        ],
-    )
-
-
-@main.command("fleet")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@pass_ctx
-def fleet_cmd(ctx: Context, as_json: bool) -> None:
-    """One row per kiosk: online, last health, faulty devices, backlog, stored packets, seq gaps.
-
-    JSON: a list of objects with kiosk, registered, online (true/false/null), status_ts,
-    last_health_ts, faulty, degraded, backlog, oldest_pending_age_s, stored, synthetic,
-    last_seq, gaps (a list of [from, to] missing seq ranges), duplicate_deliveries,
-    quarantined, quarantine_bytes and quarantine_dropped. docs/central.md explains each.
-
-    \b
-    Example:
-      ektp-central --config central.toml fleet --json
-    """
-    with central_store(ctx) as store:
-        rows = store.fleet()
-    if as_json:
-        emit_json(rows)
-        return
-
-    def online(value: bool | None) -> str:
-        return "?" if value is None else ("online" if value else "OFFLINE")
-
-    def quarantine(r: FleetRow) -> str | None:
-        if not r["quarantined"] and not r["quarantine_dropped"]:
-            return None
-        dropped = f", {r['quarantine_dropped']} dropped" if r["quarantine_dropped"] else ""
-        return f"{r['quarantined']} ({r['quarantine_bytes']} B{dropped})"
-
-    def gaps(ranges: list[list[int]]) -> str:
-        shown = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:5])
-        return shown + (f",+{len(ranges) - 5} more" if len(ranges) > 5 else "")
-
-    print_table(
-        [
-            "kiosk",
-            "link",
-            "status_ts",
-            "last_health",
-            "faulty",
-            "backlog",
-            "oldest_s",
-            "stored",
-            "synthetic",
-            "last_seq",
-            "gaps",
-            "dup_deliveries",
-            "quarantine",
-        ],
-        [
-            [
-                r["kiosk"] + ("" if r["registered"] else " (unregistered)"),
-                online(r["online"]),
-                r["status_ts"],
-                r["last_health_ts"],
-                ",".join(r["faulty"]) or None,
-                r["backlog"],
-                None if r["oldest_pending_age_s"] is None else f"{r['oldest_pending_age_s']:.0f}",
-                r["stored"],
-                r["synthetic"] or None,
-                r["last_seq"],
-                gaps(r["gaps"]) or None,
-                r["duplicate_deliveries"] or None,
-                quarantine(r),
-            ]
-            for r in rows
-        ],
-    )
 
 
 @main.group("quarantine", invoke_without_command=True)
@@ -513,4 +414,5 @@ def run_cmd(ctx: Context) -> None:
 
 # The key and config commands register themselves on ``main``; imported last, once ``main`` exists.
 from central import cli_config as _config_commands  # noqa: E402, F401
+from central import cli_fleet as _fleet_commands  # noqa: E402, F401
 from central import cli_keys as _key_commands  # noqa: E402, F401
