@@ -93,6 +93,9 @@ def test_fault_shows_in_status_diag_and_health_then_recovers(kit: tuple[Kit, Bro
         10,
         "the retained health to show the fault",
     )
+    published = retained(broker.port, f"ektp/v1/{KIOSK}/health")["devices"]  # type: ignore[index]
+    assert published["fingerprint"]["hint"] == failed[0]["hint"]  # the centre shows the technician's hint
+    assert published["signature"]["hint"] == ""  # none for a device that is ok
     p = k.agent_cli("enroll", "--synthetic", "--count", "1")
     assert p.returncode == 1 and "fingerprint" in p.stderr  # refused before anything is committed
     assert sim(k, "clear", "fingerprint").returncode == 0
