@@ -28,11 +28,12 @@ prometheus_client's own parser.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from central.fleet import FleetRow
 
@@ -40,9 +41,10 @@ from central.fleet import FleetRow
 # names it allows. (prometheus_client >= 0.22 names its own output version 1.0.0.)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PACKET_STATUSES = ("stored", "duplicate", "rejected", "damaged", "conflict")
-# Inputs the consumer's ingest puts in the quarantine for a person: a rejected packet, and one
-# whose packet id holds other bytes. A damaged packet from MQTT is not kept (central/ingest.py:
-# the kiosk sends it again), so it is not counted here.
+# The outcomes the quarantine is for: a rejected packet, and one whose packet id holds other
+# bytes. A damaged packet from MQTT is not kept (central/ingest.py: the kiosk sends it again), so
+# it is not counted; a conflict the consumer answers from a chunk (the stored packet's hash
+# differs) keeps nothing either but is counted: the same person must look at that kiosk.
 QUARANTINED_STATUSES = frozenset({"rejected", "conflict"})
 DOCUMENT_KINDS = ("health", "status")
 STORE_OPERATIONS = ("packets", "fleet")
@@ -81,7 +83,8 @@ class CentreMetrics:
         )
         self.quarantined = Counter(
             "ektp_central_quarantined",
-            "Packets the consumer judged rejected or conflict: put aside in the quarantine for a person",
+            "Packets the consumer judged rejected or conflict, the outcomes the quarantine is for"
+            " (ektp_central_quarantine_rows counts what it holds)",
             registry=r,
         )
         self.documents = Counter(
@@ -172,8 +175,21 @@ def render_metrics(
     # "replace": a device name is kiosk input, and JSON lets it hold a lone surrogate
     body = "".join(out).encode("utf-8", "replace")
     if centre is not None:
-        body += generate_latest(centre.registry)
+        body += generate_latest(WithoutCreated(centre.registry))
     return body, CONTENT_TYPE
+
+
+class WithoutCreated:
+    """A registry's metrics without the ``*_created`` samples: in the text format each becomes a
+    gauge series of its own holding the process's start time, which no rule here reads."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():  # fresh Metric objects at each call
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 # ----------------------------------------------------------------------------- the text format

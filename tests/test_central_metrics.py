@@ -356,6 +356,7 @@ def test_every_centre_series_is_there_from_the_start() -> None:
     for operation in ("packets", "fleet"):
         assert value(samples, "ektp_central_store_seconds_count", operation=operation) == 0
     assert value(samples, "ektp_central_store_errors_total") == 0
+    assert not [name for name, _ in samples if name.endswith("_created")]  # start times: noise here
 
 
 def test_centre_counters_refuse_unknown_names_and_negative_counts() -> None:
@@ -381,3 +382,29 @@ def test_without_a_centre_only_the_fleet_and_the_store_are_rendered() -> None:
     names = {name for name, _ in scrape(RowStore([empty_row("320715-01")]))}
     assert "ektp_kiosk_problems" in names and "ektp_central_kiosks" in names
     assert not any(n.startswith(("ektp_central_packets", "ektp_central_store_seconds")) for n in names)
+
+
+def test_every_metric_served_is_in_docs_monitoring() -> None:
+    row = empty_row("320715-01")
+    row.update(online=True, status_ts="2026-11-27T10:00:00.000Z", health_age_s=3.0)
+    apply_health(
+        row,
+        {
+            "devices": {"iris": {"state": "fault", "detail": ""}},
+            "queue": {
+                "pending": 1,
+                "pending_bytes": 9,
+                "oldest_pending_age_s": 5.0,
+                "rejected": 0,
+                "damaged": 0,
+            },
+            "host": {"clock_synchronised": True},
+        },
+    )
+    body, _ = render_metrics(RowStore([row]), CentreMetrics())
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert len(families) >= 25
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "monitoring.md").read_text()
+    for name in families:
+        shown = name + "_total" if f"{name}_total " in body.decode() else name
+        assert f"`{shown}" in documented, f"docs/monitoring.md does not list {shown}"
