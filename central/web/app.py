@@ -64,9 +64,9 @@ def create_app(
     :raises UsersFileError: ``[web] users_file`` is set and cannot be used
     """
     web = config.web
-    reader = StoreReader(
-        open_store, backlog_problem_hours=web.backlog_problem_hours, cache_s=store_reader.FLEET_CACHE_S
-    )
+    # kept shorter than the refresh, so that a page shows a change by its next reload
+    cache_s = min(store_reader.FLEET_CACHE_S, web.refresh_s / 2)
+    reader = StoreReader(open_store, backlog_problem_hours=web.backlog_problem_hours, cache_s=cache_s)
     css = (TEMPLATES / "style.css").read_text(encoding="utf-8")
     env = _environment(css)
     pages = Pages(env, reader, config, centre_metrics)
@@ -247,7 +247,7 @@ def _kiosk_plots(
             [(p["bucket"], p["backlog"]) for p in history],
             window,
             label="packets waiting on the kiosk (the highest of each step)",
-            fmt=lambda v: f"{v:,.0f}",
+            fmt=plots.count,
             step_s=span,
         ),
         "oldest": plots.line_plot(
@@ -256,13 +256,15 @@ def _kiosk_plots(
             label="age of the oldest undelivered packet (the highest of each step)",
             fmt=formats.duration,
             step_s=span,
+            least_top=60.0,
+            ceiling=plots.nice_duration,
         ),
         "deliveries": plots.bar_plot(
             [(d["bucket"], d["packets"]) for d in deliveries],
             window,
             step_s=step,
             label=f"packets stored per {formats.duration(step)} (centre's receive time)",
-            fmt=lambda v: f"{v:,.0f}",
+            fmt=plots.count,
         ),
         "states": plots.state_timeline(
             [(p["bucket"], p["span_s"], p["devices"]) for p in history],

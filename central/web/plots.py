@@ -50,10 +50,13 @@ def line_plot(
     label: str,
     fmt: Callable[[float], str] = lambda v: f"{v:g}",
     step_s: float = 300,
+    least_top: float = 1.0,
+    ceiling: Callable[[float], float] | None = None,
 ) -> Markup:
-    """A line over time; a missing value (None) or a silence longer than two steps breaks the line."""
+    """A line over time; a missing value (None) or a silence longer than two steps breaks the line.
+    The y axis reaches at least ``least_top``, rounded up by ``ceiling`` (default :func:`nice_ceiling`)."""
     known = [(t, v) for t, v in points if v is not None and window.t0 <= t < window.t1 + step_s]
-    top = nice_ceiling(max((v for _, v in known), default=0.0))
+    top = (ceiling or nice_ceiling)(max([least_top, *(v for _, v in known)]))
     y = _y_scale(top, HEIGHT)
     parts = [*_frame(window, HEIGHT), *_y_axis(window, top, HEIGHT, fmt)]
     if not known:
@@ -150,6 +153,11 @@ def legend() -> Markup:
     return Markup(f'<span class="legend">{items}<span class="swatch s-none"></span>nothing heard</span>')
 
 
+def count(v: float) -> str:
+    """A count on an axis: whole numbers as such, halves with one decimal."""
+    return f"{v:,.0f}" if v == int(v) else f"{v:,.1f}"
+
+
 def nice_ceiling(value: float) -> float:
     """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value`` (1 for nothing)."""
     if value <= 0 or not math.isfinite(value):
@@ -159,6 +167,17 @@ def nice_ceiling(value: float) -> float:
         if value <= m * power:
             return float(m * power)
     return float(10 * power)
+
+
+DURATION_TOPS_S = (60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400)
+
+
+def nice_duration(seconds: float) -> float:
+    """The smallest round span at or above ``seconds`` (1 min, 2 min, 5 min ... 1 h, 2 h ... 1 d), then whole weeks."""
+    for top in DURATION_TOPS_S:
+        if seconds <= top:
+            return float(top)
+    return float(math.ceil(seconds / (7 * 86400)) * 7 * 86400)
 
 
 def time_ticks(t0: float, t1: float, most: int = 8) -> list[float]:
