@@ -1,6 +1,7 @@
 # ektp-agent: `make run` (the demo) and `make test` (the whole suite) set up everything
 # they need on a fresh Debian / Raspberry Pi OS machine: a virtualenv in .venv with the
-# package and its dev tools, and Mosquitto and strace from Debian's packages when they are missing.
+# package and its dev tools, and Mosquitto, strace, Chromium (with chromedriver) and promtool from
+# Debian's packages when they are missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -24,18 +25,26 @@ $(STAMP): pyproject.toml
 
 # Mosquitto and strace are system packages (Debian's), not Python ones: the tests and the demo
 # start their own brokers from Mosquitto's binary on free loopback ports, and the power-loss
-# test (tests/test_outbox_power_loss.py) watches the outbox's system calls with strace.
-SYSTEM_PACKAGES := mosquitto mosquitto-clients strace
+# test (tests/test_outbox_power_loss.py) watches the outbox's system calls with strace. The
+# browser tests of the fleet web view (tests/test_web_browser.py) drive Debian's Chromium
+# through chromedriver, and the alert rules are checked with promtool (tests/test_alert_rules.py),
+# which comes in Debian's prometheus package (that package also installs a Prometheus server
+# and, where systemd runs, starts it on port 9090: `systemctl disable --now prometheus` stops it).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients strace chromium chromium-driver prometheus
+SYSTEM_COMMANDS := mosquitto strace chromium chromedriver promtool
 
 mosquitto: system-packages
 
 system-packages:
-	@if { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } && command -v strace >/dev/null 2>&1; then :; \
+	@missing=""; for c in $(SYSTEM_COMMANDS); do \
+	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
-	  echo "installing $(SYSTEM_PACKAGES) from Debian's packages"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  echo "installing $(SYSTEM_PACKAGES) from Debian's packages (missing:$$missing)"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; } || \
+	  { echo "error: apt-get could not install $(SYSTEM_PACKAGES) (its words are above)"; exit 2; }; \
 	else \
-	  echo "error: mosquitto or strace is not installed and this user cannot install them."; \
+	  echo "error: these commands are missing and this user cannot install their packages:$$missing"; \
 	  echo "       run: sudo apt-get install $(SYSTEM_PACKAGES)   (then make again)"; exit 2; \
 	fi
 
