@@ -412,7 +412,9 @@ def run_cmd(ctx: Context) -> None:
     sys.exit(code)
 
 
-# The key and config commands register themselves on ``main``; imported last, once ``main`` exists.
+# The config, fleet, key and web commands register themselves on ``main``; imported last, once
+# ``main`` exists.
 from central import cli_config as _config_commands  # noqa: E402, F401
 from central import cli_fleet as _fleet_commands  # noqa: E402, F401
 from central import cli_keys as _key_commands  # noqa: E402, F401
+from central import cli_web as _web_commands  # noqa: E402, F401
