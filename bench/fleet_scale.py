@@ -535,14 +535,14 @@ def main() -> int:
     )
     ap.add_argument("--week-kiosks", type=int, default=1000, help="kiosks of the simulated week (0: none)")
     ap.add_argument(
-        "--quick", action="store_true", help="bounded: 200 kiosks every 2 s, a 10 s window, a week of 20"
+        "--quick", action="store_true", help="bounded: 200 kiosks every 2 s, a 6 s window, a week of 10"
     )
     ap.add_argument("--page-fetches", type=int, default=PAGE_FETCHES, help="fetches of each page (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     if args.quick:
-        args.kiosks, args.duration, args.interval, args.week_kiosks = "200", 10.0, 2.0, 20
-        args.packets_per_hour, args.page_fetches = 3600.0, 2
+        args.kiosks, args.duration, args.interval, args.week_kiosks = "200", 6.0, 2.0, 10
+        args.packets_per_hour, args.page_fetches = 3600.0, 1
     scales = [int(x) for x in str(args.kiosks).split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="ektp-fleet-scale-"))
     try:

@@ -392,6 +392,7 @@ class PoolConnection:
         self.acked = 0  # PUBACKs with success (paho's thread)
         self.failed = 0  # PUBACKs with a failure code (paho's thread)
         self.last_failure = ""
+        self.subscriptions: list[str] = []  # (re)subscribed at every CONNACK: the session is clean
         self.receive_maximum: int | None = None
         self.maximum_packet_size: int | None = None
         self.client.on_connect = self._on_connect
@@ -453,6 +454,8 @@ class PoolConnection:
             return
         self.receive_maximum = rm
         self.maximum_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        for topic in self.subscriptions:
+            c.subscribe(topic, qos=1)
         self.connects += 1
         self.connected.set()
         self.events.put(("connected", self.n))
@@ -632,15 +635,14 @@ class FleetSimulator:
         o = self.opts
         for n in range(self.n_connections):
             conn = PoolConnection(n, o.host, o.port, self.events)
+            if n == 0 and self.central is not None and o.packets_per_hour:
+                conn.subscriptions = [f"{o.topic_prefix}/+/ack"]  # every kiosk's acks, on one connection
             try:
                 conn.start()
             except BrokerUnavailable:
                 self.close()
                 raise
             self.pool.append(conn)
-        if self.central is not None and o.packets_per_hour:
-            for conn in self.pool:  # each hears the acks of its own kiosks' packets
-                conn.client.subscribe(f"{o.topic_prefix}/+/ack", qos=1)
 
     def close(self) -> None:
         """Disconnect every connection of the pool (idempotent); their counters stay for the report."""

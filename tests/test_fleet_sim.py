@@ -14,12 +14,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agent.health import HealthReporter
@@ -29,6 +31,7 @@ from agent.service import queue_json
 from central.fleet import DEVICE_STATES, apply_health, default_hint, empty_row
 from central.store import open_store
 from hw_sim.fleet import (
+    DEFAULT_REGIONS,
     FAULT_TICKS,
     FAULTS,
     FleetOptions,
@@ -38,11 +41,13 @@ from hw_sim.fleet import (
     kiosk_ids,
 )
 from tests.agentkit import script
-from tests.linkkit import wait_for
+from tests.centralkit import PG_URL
+from tests.linkkit import Watcher, wait_for
 from tests.netkit import Broker, free_port
 from wire.keys import create_central_keys, public_path
 
 KIOSKS = 50
+REPO = Path(__file__).resolve().parent.parent
 FAULT_HINTS = {(f.device, f.hint) for f in FAULTS}
 
 
@@ -298,6 +303,45 @@ def test_a_fleet_reaches_the_centre_as_kiosks_do(tmp_path: Path, broker: Broker)
         stop(centre)
 
 
+def test_after_a_broker_restart_every_kiosk_says_online_again(tmp_path: Path, broker: Broker) -> None:
+    """The broker forgets the retained statuses (no persistence); the pool reconnects and each
+    kiosk says online again, with a higher connection counter, so the centre takes it."""
+    kiosks = 20
+    watcher = Watcher(broker.port, "ektp/v1/+/status")
+    fleet = spawn(
+        [
+            script("ektp-sim"),
+            "fleet",
+            "--kiosks",
+            str(kiosks),
+            "--broker",
+            f"127.0.0.1:{broker.port}",
+            "--interval",
+            "1",
+            "--json",
+        ],
+        tmp_path / "fleet.log",
+    )
+    try:
+        ids = kiosk_ids(kiosks, DEFAULT_REGIONS)
+
+        def online(counter: Callable[[int], bool]) -> bool:
+            last = [watcher.statuses(k) for k in ids]
+            return all(s and s[-1]["state"] == "online" and counter(s[-1]["connection"]) for s in last)
+
+        wait_for(lambda: online(lambda c: True), 15, "every kiosk online")
+        first = watcher.statuses(ids[0])[-1]["connection"]
+        broker.restart()
+        wait_for(lambda: online(lambda c: c == first + 1), 30, "every kiosk online again, connection + 1")
+        assert stop(fleet) == 0
+        assert all(watcher.statuses(k)[-1]["state"] == "offline" for k in ids)
+        log = (tmp_path / "fleet.log").read_text()
+        assert "connection 0 to the broker lost" in log and "is back" in log, log
+    finally:
+        stop(fleet)
+        watcher.close()
+
+
 def test_fleet_needs_a_broker_that_answers(tmp_path: Path) -> None:
     p = subprocess.run(
         [script("ektp-sim"), "fleet", "--kiosks", "2", "--broker", f"127.0.0.1:{free_port()}"],
@@ -316,3 +360,39 @@ def test_the_device_commands_still_need_a_dir() -> None:
     env = {k: v for k, v in os.environ.items() if k != "EKTP_SIM_DIR"}
     p = subprocess.run([script("ektp-sim"), "status"], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 2 and "--dir" in p.stderr, p.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_scale_bench_runs_bounded() -> None:
+    """bench/fleet_scale.py --quick: 200 kiosks into a centre on PostgreSQL, then a week of 20
+    kiosks' history. Its times are the bench's business; here: it ran, every health document
+    of the window reached the store, the pages answered, and the week's history holds one row
+    per 5-minute step for [store] health_detail_hours and one per hour before that."""
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        if os.environ.get("EKTP_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    p = subprocess.run(
+        [sys.executable, "bench/fleet_scale.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    (scale,) = summary["scales"]
+    assert scale["health_seen"] >= 0.95 * scale["health_expected"], scale
+    assert scale["simulator"]["errors"] == 0 and scale["packets_stored"] > 0, scale
+    for page in ("page", "metrics", "kiosk_page"):
+        assert scale[page]["status"] == [200] and scale[page]["bytes"] > 0, scale[page]
+    assert scale["exits"] == {"simulator": 0, "centre": 0}, scale
+    week = summary["week"]
+    kiosks, detail = week["kiosks"], week["detail_hours"]
+    assert week["sizes"]["health_steps"]["rows"] == kiosks * detail * 12, week
+    assert week["sizes"]["health_hours"]["rows"] == kiosks * (7 * 24 - detail), week
+    assert week["sizes"]["kiosk_health"]["rows"] == kiosks, week
