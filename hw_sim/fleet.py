@@ -386,6 +386,7 @@ class PoolConnection:
         self.client.max_inflight_messages_set(MAX_INFLIGHT)
         self.client.reconnect_delay_set(1, 30)
         self.connected = threading.Event()
+        self.answered = threading.Event()  # a CONNACK came, accepting or refusing
         self.connects = 0  # CONNACKs accepted (written on paho's thread)
         self.refused = ""  # why the broker refused the last connection
         self.published = 0  # publishes paho took (main thread)
@@ -419,7 +420,8 @@ class PoolConnection:
                 f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
             ) from exc
         self.client.loop_start()
-        if not self.connected.wait(CONNECT_TIMEOUT_S):
+        self.answered.wait(CONNECT_TIMEOUT_S)
+        if not self.connected.is_set():
             why = self.refused or f"no CONNACK within {CONNECT_TIMEOUT_S:.0f} s"
             self.stop()
             raise BrokerUnavailable(
@@ -442,6 +444,7 @@ class PoolConnection:
     def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
         if rc.is_failure:
             self.refused = str(rc)
+            self.answered.set()
             return
         rm = getattr(props, "ReceiveMaximum", None) if props is not None else None
         if rm is not None and rm < MAX_INFLIGHT:
@@ -451,6 +454,7 @@ class PoolConnection:
                 f"its Receive Maximum ({rm}) is below the {MAX_INFLIGHT} publishes this sends at once"
             )
             c.disconnect()
+            self.answered.set()
             return
         self.receive_maximum = rm
         self.maximum_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
@@ -458,6 +462,7 @@ class PoolConnection:
             c.subscribe(topic, qos=1)
         self.connects += 1
         self.connected.set()
+        self.answered.set()
         self.events.put(("connected", self.n))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

@@ -356,6 +356,21 @@ def test_fleet_needs_a_broker_that_answers(tmp_path: Path) -> None:
     assert p.returncode == 2 and "--broker" in p.stderr, p.stderr
 
 
+def test_a_broker_that_refuses_the_connection_is_named(tmp_path: Path) -> None:
+    closed = Broker(tmp_path / "broker", extra_config="allow_anonymous false")
+    closed.start()
+    try:
+        p = subprocess.run(
+            [script("ektp-sim"), "fleet", "--kiosks", "2", "--broker", f"127.0.0.1:{closed.port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        closed.stop()
+    assert p.returncode == 1 and "did not take the connection: Not authorized" in p.stderr, p.stderr
+
+
 def test_the_device_commands_still_need_a_dir() -> None:
     env = {k: v for k, v in os.environ.items() if k != "EKTP_SIM_DIR"}
     p = subprocess.run([script("ektp-sim"), "status"], capture_output=True, text=True, timeout=60, env=env)
