@@ -49,15 +49,21 @@ def failing(exc: Exception) -> Callable[[Peripheral], tuple[str, CaptureReport]]
     return work
 
 
-def run(devices: Devices, *steps: Callable[[Devices], Any]) -> list[dict[str, str]]:
-    """Run the steps in order on one loop; the device's reported state after each."""
+def run(
+    devices: Devices, *steps: Callable[[Devices], Any], hints: list[str] | None = None
+) -> list[dict[str, str]]:
+    """Run the steps in order on one loop; the device's reported state and detail after each
+    (and its hint, into ``hints``)."""
 
     async def main() -> list[dict[str, str]]:
         states = []
         for step in steps:
             with contextlib.suppress(CaptureError, CaptureRejected, DeviceTimeout):
                 await step(devices)
-            states.append(dict(devices.states()["iris"]))
+            reported = dict(devices.states()["iris"])
+            if hints is not None:
+                hints.append(reported["hint"])
+            states.append({k: reported[k] for k in ("state", "detail")})
         return states
 
     try:
@@ -95,12 +101,17 @@ def test_a_failed_capture_then_a_self_test_in_fault_reports_the_self_test(iris: 
         iris.result = unplugged
         await d.self_test("iris")
 
+    hints: list[str] = []
     states = run(
         devices,
+        lambda d: d.self_test("iris"),
         lambda d: d.capture("iris", failing(DeviceTimeout("no answer", device="iris"))),
         unplug_and_test,
+        hints=hints,
     )
-    assert states[1] == {"state": "fault", "detail": "not found on USB"}  # absent, as configured: fault
+    assert states[2] == {"state": "fault", "detail": "not found on USB"}  # absent, as configured: fault
+    # the hint goes with a device that is not ok (health carries it to the centre), none while ok
+    assert hints[0] == "" and hints[1] and hints[2] == "plug it in"
 
 
 def test_poor_quality_is_degraded_until_a_capture_at_or_above_the_floor(iris: FakeDevice) -> None:
