@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wire.command import MAX_TTL_S, VERBS
 from wire.config_file import KeyDoc, missing_mqtt_file, render
 from wire.keys import KeyFileError, KeyFileMissing, load_central_public, load_kiosk_private
 from wire.names import KIOSK_ID_RE, TOPIC_PREFIX_RE
@@ -350,6 +351,44 @@ class ApiConfig:
     )
 
 
+def _verbs(value: tuple[str, ...]) -> bool:
+    return all(v in VERBS for v in value) and len(set(value)) == len(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """Commands from the centre (`ektp-central kiosk cmd`): each signed by the centre's key, run only
+    if it names this kiosk and has not expired, and logged in {data_dir}/remote.db (`ektp-agent remote
+    log`)."""
+
+    enabled: bool = field(
+        default=True,
+        metadata=_key(
+            doc="Take commands from the centre. When false every command is refused (with a signed"
+            " refusal the centre sees) and nothing is run.",
+        ),
+    )
+    verbs: tuple[str, ...] = field(
+        default=VERBS,
+        metadata=_key(
+            check=_verbs,
+            expected=f"a list of verbs from {', '.join(VERBS)}, each at most once",
+            doc="The commands this kiosk runs; any other is refused. diag, status and logs only read;"
+            " sync and resubmit act on the outbox; selftest-interval and health-interval change a bounded"
+            " interval until `ektp-agent config reset-remote`; reopen closes and reopens a peripheral.",
+        ),
+    )
+    session_expiry_s: int = field(
+        default=MAX_TTL_S,
+        metadata=_key(
+            check=lambda v: 0 <= v <= MAX_TTL_S,
+            expected=f"seconds, 0-{MAX_TTL_S}",
+            doc="How long the broker keeps commands for this kiosk while it is offline (its MQTT session"
+            " expiry); 0 drops them. No command lives longer than 7 days anyway.",
+        ),
+    )
+
+
 ENABLED_DOC = "Use this device. An enrollment needs all four: disable one only on a bench or a training kit."
 
 
@@ -460,6 +499,7 @@ class AgentConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     source: Path | None = field(default=None, compare=False)
     explicit: frozenset[str] = field(default=frozenset(), compare=False)  # keys the file sets
@@ -626,6 +666,10 @@ def _build(cls: type[_T], table: Mapping[str, Any], *, prefix: str, base: Path, 
 
 
 def _coerce(key: str, raw: Any, hint: Any, *, base: Path, path: Path | None) -> Any:
+    if typing.get_origin(hint) is tuple:  # a list of strings (remote.verbs)
+        if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+            return tuple(raw)
+        raise ConfigError(key, raw, 'a list of strings, e.g. ["diag", "status"]', path=path)
     args = typing.get_args(hint)
     optional = type(None) in args
     target = next((a for a in args if a is not type(None)), hint) if args else hint

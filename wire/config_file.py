@@ -68,6 +68,8 @@ def toml_value(value: object, *, hex: bool = False) -> str:
         return repr(value)
     if isinstance(value, str | Path):
         return json.dumps(str(value))  # JSON's string escapes are TOML's
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v, hex=hex) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")
 
 
