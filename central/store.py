@@ -43,6 +43,7 @@ from central.kiosk_keys import (
     pem_of,
     rows_to_keys,
 )
+from central.store_commands import CommandTables
 from central.store_fleet import FleetTables
 from wire.chunk import MAX_PACKET_BYTES as MAX_CHUNKED_PACKET
 from wire.chunk import Chunk, covered_prefix
@@ -54,8 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # 2: packets keyed by (kiosk, packet_id); partial_chunks. 3: kiosk_keys, kiosk_counters, packets.synthetic.
-# 4: health_steps, health_hours (the bounded health history)
-SCHEMA_VERSION = 4
+# 4: health_steps, health_hours (the bounded health history).
+# 5: commands, command_results (remote commands; a version 4 store gains the tables on open)
+SCHEMA_VERSION = 5
 SOURCES = ("mqtt", "import")
 PG_URL_PREFIXES = ("postgresql://", "postgres://")
 SHA256_HEX_LEN = 64
@@ -158,7 +160,7 @@ class Sql(Protocol):
     def __call__(self, text: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class CentralStore(FleetTables, ABC):
+class CentralStore(FleetTables, CommandTables, ABC):
     """The store's interface and its shared SQL; a backend supplies ``_transaction`` and DDL types."""
 
     # column types of the backend's DDL
@@ -240,6 +242,8 @@ class CentralStore(FleetTables, ABC):
             "CREATE INDEX IF NOT EXISTS quarantine_kiosk ON quarantine (kiosk_hint)",
             # kiosk_status, kiosk_health and the health history (central.store_fleet)
             *self._fleet_schema(),
+            # remote commands sent to kiosks and their signed results (central.store_commands)
+            *self._command_schema(),
         ]
 
     def _create_schema(self, sql: Sql) -> None:
