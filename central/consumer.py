@@ -14,6 +14,11 @@ every consumer should see the fleet); they wait in a queue of their own and are 
 many to a transaction (10,000 kiosks every 30 s are 333 documents a second), at least
 every FLEET_FLUSH_S, between the enrollment batches.
 
+Results of remote commands (``{prefix}/+/result``, a plain subscription: every consumer
+stores them, once each by their bytes) are verified with the kiosk's registered keys and
+stored, so a result that comes after `kiosk cmd` stopped waiting is kept all the same; one
+that does not verify is counted and logged, never stored as the kiosk's.
+
 A PUBACK goes only on the connection that delivered the message: packet ids belong to
 one connection, and after a reconnect the same id names another message. A store that
 fails is tried again with backoff (nothing is PUBACKed or acked until it works); the
@@ -44,13 +49,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from central.config import CentralConfig
+from central.commands import verified_result
+from central.config import CentralConfig, CentralMqtt
 from central.ingest import Claim, Ingestor
 from central.keyring import CentralKeyring, as_keyring
 from central.metrics_hook import MetricsHook, no_metrics
 from central.store import CentralStore, StoreError, StoreInputError
 from wire.ack import AckResult, AckStatus, sign_ack
 from wire.chunk import Chunk, ChunkError, parse_chunk
+from wire.command import CommandError
 from wire.keys import CentralPrivateKeys
 
 log = logging.getLogger("ektp.central")
@@ -103,6 +110,8 @@ class CentralConsumer:
         self.prefix = config.mqtt.topic_prefix
         self._incoming: queue.Queue[_Incoming] = queue.Queue()  # enrollment chunks
         self._fleet_docs: queue.Queue[_Incoming] = queue.Queue()  # status and health
+        self._results: queue.Queue[_Incoming] = queue.Queue()  # remote commands' results
+        self._results_held: list[_Incoming] = []  # not stored yet: the store failed
         self._fleet_error_logged = 0.0
         self._stop = threading.Event()
         self.counts: dict[str, int] = defaultdict(int)
@@ -137,6 +146,7 @@ class CentralConsumer:
                 if time.monotonic() >= next_flush or self._fleet_docs.qsize() >= FLEET_BATCH_MAX:
                     next_flush = time.monotonic() + FLEET_FLUSH_S
                     self._record_fleet(store)
+                    self._record_results(store)
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + EXPIRE_EVERY_S
                     self._expire_partials(store)
@@ -147,7 +157,7 @@ class CentralConsumer:
             client.loop_stop()
             self._crypto.shutdown()
             store.close()
-            for waiting in (self._incoming, self._fleet_docs):
+            for waiting in (self._incoming, self._fleet_docs, self._results):
                 with contextlib.suppress(
                     queue.Empty
                 ):  # not PUBACKed: the broker or the kiosk sends them again
@@ -164,29 +174,7 @@ class CentralConsumer:
         client.suppress_exceptions = True
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.max_queued_messages_set(0)
-        if m.tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(m.ca_file) if m.ca_file else None,
-                    certfile=str(m.cert_file) if m.cert_file else None,
-                    keyfile=str(m.key_file) if m.key_file else None,
-                )
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise LinkSetupError(
-                    f"[mqtt] ca_file / cert_file / key_file: cannot use {m.ca_file}, {m.cert_file}, "
-                    f"{m.key_file}: {exc}; check the paths and that they are PEM files this user may read"
-                ) from None
-        if m.username:
-            password = None
-            if m.password_file:
-                try:
-                    password = m.password_file.read_text().strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise LinkSetupError(
-                        f"[mqtt] password_file {m.password_file}: cannot read it ({exc}); "
-                        "create it (one line, the password) readable by this user"
-                    ) from None
-            client.username_pw_set(m.username, password)
+        configure_client(client, m)
         shared = f"$share/{m.share_group}/{self.prefix}/+/enrollment"
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
@@ -194,7 +182,14 @@ class CentralConsumer:
                 log.warning("broker %s:%d refused the connection: %s", m.host, m.port, rc)
                 return
             self._connection += 1
-            c.subscribe([(shared, 1), (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/health", 1)])
+            c.subscribe(
+                [
+                    (shared, 1),
+                    (f"{self.prefix}/+/status", 1),
+                    (f"{self.prefix}/+/health", 1),
+                    (f"{self.prefix}/+/result", 1),
+                ]
+            )
             log.info("connected to %s:%d; consuming %s", m.host, m.port, shared)
             self.connected.set()
 
@@ -231,7 +226,12 @@ class CentralConsumer:
 
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             incoming = _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, c, self._connection)
-            (self._incoming if msg.topic.endswith("/enrollment") else self._fleet_docs).put(incoming)
+            if msg.topic.endswith("/enrollment"):
+                self._incoming.put(incoming)
+            elif msg.topic.endswith("/result"):
+                self._results.put(incoming)
+            else:
+                self._fleet_docs.put(incoming)
 
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
         client.on_connect_fail = on_connect_fail
@@ -317,6 +317,60 @@ class CentralConsumer:
                     self.metrics.count(kind)
             self.metrics.observe_store("fleet", time.monotonic() - started)
         for msg in taken:
+            self._puback(msg)
+
+    def _record_results(self, store: CentralStore) -> None:
+        """Verify and store the results that came, then PUBACK them; those the store failed on are
+        tried again at the next round (not PUBACKed meanwhile)."""
+        taken, self._results_held = self._results_held, []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                taken.append(self._results.get_nowait())
+        for msg in taken:
+            route = self._kiosk_of(msg.topic)
+            if route is None or route[1] != "result":
+                self._puback(msg)
+                continue
+            kiosk = route[0]
+            try:
+                result = verified_result(store, kiosk, msg.payload)
+                new = store.record_result(result, msg.payload)
+            except CommandError as exc:
+                self.counts["bad_results"] += 1
+                self.metrics.count("bad_message")
+                log.warning(
+                    "ignored a result on kiosk %s's topic that does not verify as its own (%s): %s",
+                    kiosk,
+                    exc.reason,
+                    exc,
+                )
+            except StoreInputError as exc:
+                self.counts["bad_results"] += 1
+                self.metrics.count("bad_message")
+                log.warning("ignored a result of kiosk %s: %s", kiosk, exc)
+            except Exception as exc:
+                self.counts["store_errors"] += 1
+                self.metrics.count("store_error")
+                self._results_held.append(msg)
+                if time.monotonic() - self._fleet_error_logged >= FLEET_ERROR_LOG_S:
+                    self._fleet_error_logged = time.monotonic()
+                    log.error(
+                        "storing a command result of kiosk %s failed: %s; trying again",
+                        kiosk,
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                continue
+            else:
+                if new:
+                    self.counts["results"] += 1
+                    log.info(
+                        "kiosk %s: result of command %s (%s): %s%s",
+                        kiosk,
+                        result.command_id,
+                        result.verb,
+                        result.status,
+                        f" ({result.reason})" if result.reason else "",
+                    )
             self._puback(msg)
 
     def _record_one_by_one(self, store: CentralStore, docs: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -495,6 +549,36 @@ class CentralConsumer:
         if msg.qos > 0 and msg.connection == self._connection:  # else the broker resends it (or the kiosk)
             with contextlib.suppress(Exception):  # the connection may be gone; the kiosk re-sends
                 msg.client.ack(msg.mid, msg.qos)
+
+
+def configure_client(client: mqtt.Client, m: CentralMqtt) -> None:
+    """TLS and the broker login of ``[mqtt]`` on a client (the consumer's, and each `kiosk cmd`'s).
+
+    :raises LinkSetupError: a TLS or password file cannot be used
+    """
+    if m.tls:
+        try:
+            client.tls_set(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.cert_file) if m.cert_file else None,
+                keyfile=str(m.key_file) if m.key_file else None,
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise LinkSetupError(
+                f"[mqtt] ca_file / cert_file / key_file: cannot use {m.ca_file}, {m.cert_file}, "
+                f"{m.key_file}: {exc}; check the paths and that they are PEM files this user may read"
+            ) from None
+    if m.username:
+        password = None
+        if m.password_file:
+            try:
+                password = m.password_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise LinkSetupError(
+                    f"[mqtt] password_file {m.password_file}: cannot read it ({exc}); "
+                    "create it (one line, the password) readable by this user"
+                ) from None
+        client.username_pw_set(m.username, password)
 
 
 def _refuse_constant(name: str) -> Any:
