@@ -414,6 +414,7 @@ def run_cmd(ctx: Context) -> None:
 
 # The config, fleet, key and web commands register themselves on ``main``; imported last, once
 # ``main`` exists.
+from central import cli_commands as _remote_commands  # noqa: E402, F401
 from central import cli_config as _config_commands  # noqa: E402, F401
 from central import cli_fleet as _fleet_commands  # noqa: E402, F401
 from central import cli_keys as _key_commands  # noqa: E402, F401
