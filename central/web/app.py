@@ -1,5 +1,6 @@
-"""The fleet web view as an ASGI app: ``/`` the fleet, ``/kiosk/{id}`` one kiosk, ``/metrics``
-for Prometheus, ``/healthz``.
+"""The fleet web view as an ASGI app: ``/`` the fleet, ``/kiosk/{id}`` one kiosk,
+``/kiosk/{id}/commands`` its remote commands (sent from here by logged-in users only:
+central.web.commands_view), ``/metrics`` for Prometheus, ``/healthz``.
 
 Pages are rendered on the server (Jinja2, autoescaped) and reload themselves every
 ``[web] refresh_s`` seconds with a meta refresh: no script at all, and a Content-Security-
@@ -14,6 +15,7 @@ import base64
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,15 +28,28 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from central.config import CentralConfig
 from central.store import StoreError
 from central.web import formats, plots, store_reader
 from central.web.auth import ASGIApp, BasicAuth, Receive, Scope, Send, UsersFile
+from central.web.commands_view import (
+    COMMAND_REFRESH_S,
+    CommandDesk,
+    CsrfTokens,
+    FormRefused,
+    command_args,
+    form_defaults,
+    logged_in_user,
+    read_form,
+    same_origin,
+    shown_result,
+)
 from central.web.fleet_view import SORTS, BadQuery, FleetQuery, Group, build_view
 from central.web.store_reader import CachedFleetStore, StoreReader
+from wire.command import VERBS
 from wire.names import KIOSK_ID_RE
 
 if TYPE_CHECKING:
@@ -50,6 +65,9 @@ RECENT_PACKETS = 50
 QUARANTINE_ROWS = 100
 HEALTH_DOC_CHARS = 20_000  # the kiosk page shows the last health document up to this size
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a login: says nothing but "ok"
+KIOSK_PAGE_COMMANDS = 10  # the kiosk page lists its newest commands
+COMMANDS_PAGE_COMMANDS = 50  # the commands page lists more
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def create_app(
@@ -69,13 +87,15 @@ def create_app(
     reader = StoreReader(open_store, backlog_problem_hours=web.backlog_problem_hours, cache_s=cache_s)
     css = (TEMPLATES / "style.css").read_text(encoding="utf-8")
     env = _environment(css)
-    pages = Pages(env, reader, config, centre_metrics)
+    desk = CommandDesk(config, open_store)
+    pages = Pages(env, reader, config, centre_metrics, desk)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            desk.close()
             reader.close()
 
     middleware = [Middleware(SecurityHeaders, style_hash=_csp_hash(css))]
@@ -85,6 +105,7 @@ def create_app(
         routes=[
             Route("/", pages.fleet),
             Route("/kiosk/{kiosk_id:str}", pages.kiosk),
+            Route("/kiosk/{kiosk_id:str}/commands", pages.commands, methods=["GET", "POST"]),
             Route("/metrics", pages.metrics),
             Route("/healthz", healthz),
         ],
@@ -102,17 +123,41 @@ class Pages:
     """The routes' handlers and what they share: the templates, the store reader, the config."""
 
     def __init__(
-        self, env: jinja2.Environment, reader: StoreReader, config: CentralConfig, centre_metrics: Any
+        self,
+        env: jinja2.Environment,
+        reader: StoreReader,
+        config: CentralConfig,
+        centre_metrics: Any,
+        desk: CommandDesk,
     ) -> None:
         self.env = env
         self.reader = reader
         self.config = config
         self.centre_metrics = centre_metrics
+        self.desk = desk
+        self.csrf = CsrfTokens()
+        # commands change a kiosk: only a view that asks for a login offers them
+        self.commands_enabled = config.web.users_file is not None
 
     def render(self, name: str, code: int = 200, **context: Any) -> HTMLResponse:
         now = datetime.now(UTC)
-        html = self.env.get_template(name).render(now=now, refresh_s=self.config.web.refresh_s, **context)
+        html = self.env.get_template(name).render(
+            **{"now": now, "refresh_s": self.config.web.refresh_s, **context}
+        )
         return HTMLResponse(html, status_code=code, headers={"cache-control": "no-store"})
+
+    def command_forms(self, request: Request) -> dict[str, Any]:
+        """What the command forms need: the CSRF token of the logged-in user, or why there are none."""
+        user = logged_in_user(request) if self.commands_enabled else None
+        return {
+            "user": user,
+            "csrf": self.csrf.issue(user) if user is not None else "",
+            "why_no_forms": ""
+            if user is not None
+            else "Sending commands from here needs a login: set [web] users_file (docs/web.md, section 3)."
+            " `ektp-central kiosk cmd` sends them from the centre's host.",
+            **form_defaults(),
+        }
 
     async def fleet(self, request: Request) -> Response:
         try:
@@ -166,7 +211,86 @@ class Pages:
             plot=_kiosk_plots(got["history"], got["deliveries"], window, step),
             legend=plots.legend(),
             refresh=True,
+            forms=self.command_forms(request),
             **got,
+        )
+
+    async def commands(self, request: Request) -> Response:
+        """GET: the kiosk's commands and the forms; POST: send one (then to its page)."""
+        kiosk = request.path_params["kiosk_id"]
+        if KIOSK_ID_RE.fullmatch(kiosk) is None:  # never handed to the store
+            return self.not_found(f"{kiosk[:80]!r} is not a kiosk id (1-64 characters from A-Z a-z 0-9 _ -).")
+        if request.method == "POST":
+            try:
+                command_id = await self.send_command(request, kiosk)
+            except FormRefused as exc:
+                return await self.commands_page(request, kiosk, error=str(exc), code=exc.status)
+            return RedirectResponse(f"/kiosk/{kiosk}/commands?cmd={command_id}", status_code=303)
+        return await self.commands_page(request, kiosk)
+
+    async def send_command(self, request: Request, kiosk: str) -> str:
+        """The id of the command a POST sent. :raises FormRefused: the POST is not accepted"""
+        if not self.commands_enabled:
+            raise FormRefused(
+                403,
+                "this view asks for no login, so it sends no commands: set [web] users_file (docs/web.md)",
+            )
+        user = logged_in_user(request)
+        if user is None:  # the login middleware stops such a request before it gets here
+            raise FormRefused(403, "sending a command needs a login")
+        if not same_origin(request.headers):
+            log.warning(
+                "web: a command POST for kiosk %s as %s came from another origin: refused", kiosk, user
+            )
+            raise FormRefused(403, "the form was not sent from this site's page (Origin/Referer): refused")
+        form = await read_form(request)
+        token = (form.get("csrf") or [""])[0]
+        if not self.csrf.check(user, token):
+            raise FormRefused(
+                403, "the form's token is missing, expired or not yours: reload the page and send it again"
+            )
+        verb = (form.get("verb") or [""])[0]
+        if verb not in VERBS:
+            raise FormRefused(400, f"verb {verb[:40]!r} is not one of {', '.join(VERBS)}")
+        args = command_args(verb, form)
+        return await self.desk.send(kiosk, verb, args, issuer=user)
+
+    async def commands_page(
+        self, request: Request, kiosk: str, *, error: str = "", code: int = 200
+    ) -> Response:
+        wanted = request.query_params.get("cmd", "")
+        selected_id = wanted if UUID_RE.fullmatch(wanted) else None
+
+        def read(store: CentralStore) -> dict[str, Any] | None:
+            rows = store.fleet(kiosk, backlog_problem_hours=self.config.web.backlog_problem_hours)
+            if not rows:
+                return None
+            return {
+                "row": rows[0],
+                "log": store.command_log(kiosk, limit=COMMANDS_PAGE_COMMANDS),
+                "selected": None if selected_id is None else store.command_entry(kiosk, selected_id),
+            }
+
+        got = await self.reader.call(read)
+        if got is None:
+            return self.not_found(
+                f"The centre knows no kiosk {kiosk}: no key, status, health or packet of it."
+            )
+        selected = got["selected"]
+        waiting = selected is not None and selected["status"] in ("sending", "pending")
+        return self.render(
+            "commands.html",
+            code,
+            kiosk=kiosk,
+            row=got["row"],
+            log=got["log"],
+            selected=selected,
+            shown=shown_result(selected) if selected is not None else None,
+            waiting=waiting,
+            error=error,
+            forms=self.command_forms(request),
+            refresh=waiting,
+            refresh_s=COMMAND_REFRESH_S,
         )
 
     async def metrics(self, _request: Request) -> Response:
@@ -224,6 +348,7 @@ def _kiosk_reading(
         "packets": packets,
         "quarantine": quarantine[:QUARANTINE_ROWS],
         "quarantine_total": len(quarantine),
+        "commands": store.command_log(kiosk, limit=KIOSK_PAGE_COMMANDS),
     }
 
 
@@ -298,6 +423,8 @@ def _environment(css: str) -> jinja2.Environment:
     )
     env.globals["ago"] = formats.ago
     env.globals["ordered_devices"] = ordered_devices
+    env.globals["command_summary"] = _command_summary
+    env.globals["command_args_text"] = _command_args_text
     return env
 
 
@@ -307,12 +434,28 @@ def ordered_devices(devices: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(devices.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
 
 
+def _command_summary(entry: dict[str, Any]) -> str:
+    from central.commands import summary
+
+    return summary(entry["verb"], entry["status"], entry["reason"], entry["result"])
+
+
+def _command_args_text(args: dict[str, Any]) -> str | None:
+    from central.commands import args_text
+
+    return args_text(args)
+
+
 def _csp_hash(css: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"
 
 
 class SecurityHeaders:
-    """Headers on every response: no script, no framing, no sniffing, no referrer."""
+    """Headers on every response: no script, no framing, no sniffing, no referrer to other sites.
+
+    The referrer policy is same-origin, not no-referrer: under no-referrer a browser sends
+    ``Origin: null`` with a form's POST, and the command forms' origin check needs the real one.
+    """
 
     def __init__(self, app: ASGIApp, *, style_hash: str) -> None:
         self.app = app
@@ -325,7 +468,7 @@ class SecurityHeaders:
                 ).encode(),
             ),
             (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", b"same-origin"),
             (b"x-frame-options", b"DENY"),
         ]
 
