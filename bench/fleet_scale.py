@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -196,13 +197,18 @@ class LagReader:
             self.entries.append((published, parse_ts(received_at) - published, started - published))
 
 
-def fetch(url: str) -> tuple[float, int, int]:
-    """(seconds to the last byte, HTTP status, bytes)."""
+def fetch(url: str, centre_pid: int) -> tuple[float, int, int, float]:
+    """(seconds to the last byte, HTTP status, bytes, the centre's CPU seconds meanwhile: the render's
+    own and the consumer's share of that time, which the machine's other load does not inflate)."""
+    cpu = cpu_s(centre_pid)
     started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=120) as r:
-        body = r.read()
-        status = r.status
-    return time.perf_counter() - started, status, len(body)
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            body = r.read()
+            status = r.status
+    except urllib.error.HTTPError as exc:  # a page that fails is a figure too (its log says why)
+        body, status = exc.read(), exc.code
+    return time.perf_counter() - started, status, len(body), cpu_s(centre_pid) - cpu
 
 
 def run_scale(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -329,11 +335,20 @@ def run_scale(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cores = {k: round((cpu1[k] - cpu0[k]) / elapsed, 3) for k in cpu0}
             say(f"lag p99 {pct(recorded, 0.99)} s, centre {cores['centre']} cores; fetching the pages")
             base = f"http://127.0.0.1:{web_port}"
-            pages: dict[str, list[tuple[float, int, int]]] = {"/": [], "/metrics": [], f"/kiosk/{ids[0]}": []}
+            pages: dict[str, list[tuple[float, int, int, float]]] = {
+                "/": [],
+                "/metrics": [],
+                f"/kiosk/{ids[0]}": [],
+            }
+            load_window = os.getloadavg()[0]
             for _ in range(args.page_fetches):
                 for path in pages:
                     time.sleep(SAMPLE_GAP_S)
-                    pages[path].append(fetch(base + path))
+                    pages[path].append(fetch(base + path, centre.pid))
+            load_pages = os.getloadavg()[0]
+            if any(status != 200 for fetched in pages.values() for _, status, _, _ in fetched):
+                log_text = (root / "central.log").read_text(errors="replace")
+                say(f"a page failed; the centre's log ends:\n{log_text[-4000:]}")
             say("pages fetched; stopping the fleet and the centre")
             sim_exit = stop_process(fleet)
             centre_exit = stop_process(centre)
@@ -343,11 +358,12 @@ def run_scale(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 (stored,) = pg.execute("SELECT count(*) FROM packets").fetchone() or (0,)
 
             def page(path: str) -> dict[str, Any]:
-                times = [t for t, _, _ in pages[path]]
+                times = [t for t, _, _, _ in pages[path]]
                 return {
                     "median_s": round(statistics.median(times), 3),
                     "max_s": round(max(times), 3),
-                    "status": sorted({s for _, s, _ in pages[path]}),
+                    "centre_cpu_s": round(statistics.median(c for _, _, _, c in pages[path]), 3),
+                    "status": sorted({s for _, s, _, _ in pages[path]}),
                     "bytes": pages[path][-1][2],
                 }
 
@@ -380,6 +396,8 @@ def run_scale(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     )
                 },
                 "exits": {"simulator": sim_exit, "centre": centre_exit},
+                # the machine's 1-minute load (2 vCPU here): other work slows the renders' wall time
+                "load_1m": {"window_end": round(load_window, 2), "after_pages": round(load_pages, 2)},
             }
         finally:
             for p in procs:
@@ -480,14 +498,17 @@ def report(scales: list[dict[str, Any]], week: dict[str, Any] | None) -> None:
         ("simulator (cores)", lambda s: s["cores"]["simulator"], None),
         ("fleet page / median (s)", lambda s: s["page"]["median_s"], GOALS["page_s"]),
         ("fleet page / max (s)", lambda s: s["page"]["max_s"], GOALS["page_s"]),
+        ("fleet page: centre CPU (s)", lambda s: s["page"]["centre_cpu_s"], None),
         ("fleet page size (bytes)", lambda s: s["page"]["bytes"], None),
         ("/metrics median (s)", lambda s: s["metrics"]["median_s"], GOALS["metrics_s"]),
         ("/metrics max (s)", lambda s: s["metrics"]["max_s"], GOALS["metrics_s"]),
+        ("/metrics: centre CPU (s)", lambda s: s["metrics"]["centre_cpu_s"], None),
         ("/metrics size (bytes)", lambda s: s["metrics"]["bytes"], None),
         ("kiosk page median (s)", lambda s: s["kiosk_page"]["median_s"], None),
         ("simulator schedule lag p99 (s)", lambda s: s["simulator"]["lag_p99_s"], None),
         ("simulator errors", lambda s: s["simulator"]["errors"], None),
         ("packets stored", lambda s: s["packets_stored"], None),
+        ("machine load (1 min) after pages", lambda s: s["load_1m"]["after_pages"], None),
     ]
     for label, get, goal in rows:
         cells = "".join(f"{get(s)!s:>14}" for s in scales)
