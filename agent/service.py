@@ -28,14 +28,25 @@ from agent.api import ApiError, ApiServer
 from agent.capture import Applicant, CaptureError, capture_enrollment
 from agent.clock import SIMULATE_ENV, STRETCH_FILE, clock_synced, forget_stretch, note_enrollment
 from agent.config import AgentConfig
-from agent.devices import Devices, build_drivers
+from agent.devices import SELF_TEST_TIMEOUT_S, Devices, build_drivers
 from agent.health import NOT_YET_TESTED, HealthReporter
 from agent.kiosk_keys import retired_public_keys
 from agent.link import Link
+from agent.log_buffer import LogBuffer
 from agent.outbox import DiskFull, Outbox, OutboxError, OutboxStats, StoreFull
+from agent.remote import RemoteCommands, status_json
+from agent.remote_store import (
+    Override,
+    intervals_in_force,
+    read_overrides,
+    remove_overrides,
+    settings_path,
+    write_overrides,
+)
 from agent.sd_notify import Notifier
 from agent.simulator import Simulator
 from agent.synthetic import SyntheticRecords
+from wire.command import Command
 from wire.keys import load_central_public, load_kiosk_private
 from wire.nik import InvalidNik
 from wire.packet import seal
@@ -44,8 +55,8 @@ from wire.record import Demographics, EnrollmentRecord, InvalidRecord
 log = logging.getLogger("ektp.service")
 
 STATUS_EVERY_S = 5.0  # systemd STATUS= refresh
-MONITOR_MIN_S = 0.5
 LINK_RESTART_S = 1.0
+REMOTE_STOP_S = 20.0  # a remote command still running at a stop gets this long to finish
 T = TypeVar("T")
 
 
@@ -114,6 +125,11 @@ class Service:
         self.devices: Devices | None = None
         self.link: Link | None = None
         self.api: ApiServer | None = None
+        self.remote: RemoteCommands | None = None
+        self.log_buffer = LogBuffer()
+        self._settings_file = settings_path(config.kiosk.data_dir)
+        self.overrides: dict[str, Override] = {}  # intervals the centre set ({data_dir}/remote-settings.json)
+        self._intervals_changed = asyncio.Event()
         self.reporter = HealthReporter(
             kiosk_id=config.kiosk.id,
             data_dir=config.kiosk.data_dir,
@@ -139,6 +155,7 @@ class Service:
         log.info("ready: kiosk %s, %s", self.config.kiosk.id, self._summary())
         tasks = [
             asyncio.create_task(self._supervise_link(), name="link"),
+            asyncio.create_task(self.remote.run(), name="remote"),  # type: ignore[union-attr]
             asyncio.create_task(self._monitor(), name="monitor"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
@@ -168,6 +185,7 @@ class Service:
 
     async def _start(self) -> None:
         c = self.config
+        logging.getLogger().addHandler(self.log_buffer)  # the `logs` command's lines, redacted
         check_data_dir(c.kiosk.data_dir, c.source)
         if os.environ.get(SIMULATE_ENV):
             log.warning(
@@ -188,6 +206,11 @@ class Service:
         )
         self.devices = Devices(build_drivers(c, simulate=self.simulate), on_change=self._health_changed)
         self.link = Link(c, self.outbox, central, db=self.db, health=self.health)
+        self.overrides = await asyncio.to_thread(read_overrides, self._settings_file)
+        self._apply_intervals(publish=False)
+        self.remote = RemoteCommands(
+            c, self, self.log_buffer, kiosk_key=self.kiosk_key, centre_keys=[central.signing]
+        )
         self.api = ApiServer(
             c.api_socket,
             self._handlers(),
@@ -200,6 +223,12 @@ class Service:
     async def _shutdown(self, tasks: list[asyncio.Task[Any]] | None = None) -> None:
         if self.api is not None:
             await self.api.close()
+        if self.remote is not None:  # a command running finishes (bounded); no new one starts
+            await self.remote.stop()
+            for task in tasks or []:
+                if task.get_name() == "remote":
+                    with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                        await asyncio.wait_for(task, REMOTE_STOP_S)
         async with self.commit_lock:  # the commit in progress finishes; no new one starts
             pass
         if self.link is not None:
@@ -220,15 +249,20 @@ class Service:
         if self.simulator is not None:
             await asyncio.to_thread(self.simulator.stop)
         self.notifier.close()
+        logging.getLogger().removeHandler(self.log_buffer)
 
     async def _monitor(self) -> None:
         """Self-test the devices at once (READY does not wait for them), then often enough
-        that a fault shows within one health interval."""
-        period = max(MONITOR_MIN_S, self.config.health.interval_s / 2)
+        that a fault shows within one health interval (or as the centre's selftest-interval says)."""
         assert self.devices is not None
         await self.devices.self_test_all()
         while True:
-            await asyncio.sleep(period)
+            self._intervals_changed.clear()
+            try:  # a new interval from the centre counts from now
+                await asyncio.wait_for(self._intervals_changed.wait(), self.selftest_interval_s())
+                continue
+            except TimeoutError:
+                pass
             # Each self-test runs on its device's own thread, so it waits behind a capture in
             # progress and never interleaves with it; under a steady enrollment load the
             # devices are still tested every period.
@@ -313,6 +347,7 @@ class Service:
             "diag": self._api_diag,
             "queue": self._api_queue,
             "resubmit": self._api_resubmit,
+            "reset-remote": self._api_reset_remote,
         }
 
     async def _api_status(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -321,6 +356,7 @@ class Service:
         doc["service"] = "running"
         outbox, count = self.outbox, doc["queue"]["rejected"]
         doc["rejected"] = await self._db(lambda: rejected_json(outbox, count))
+        doc["remote"] = self.remote_status()
         yield doc
 
     async def _api_queue(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -486,6 +522,121 @@ class Service:
     async def _db(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn)
 
+    # ------------------------------------------------------------------------- remote commands
+
+    def api_handlers(self) -> dict[str, Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]]:
+        """The local API's handlers: the centre's diag, status, sync and resubmit run these."""
+        return self._handlers()
+
+    def enabled_devices(self) -> list[str]:
+        return list(self.devices.slots) if self.devices is not None else []
+
+    def health_interval_s(self) -> float:
+        return intervals_in_force(self.config.health.interval_s, self.overrides)[0]
+
+    def selftest_interval_s(self) -> float:
+        """The centre's selftest-interval, else half the health interval in force."""
+        return intervals_in_force(self.config.health.interval_s, self.overrides)[1]
+
+    def remote_status(self) -> dict[str, Any]:
+        return status_json(
+            self.config,
+            self.overrides,
+            health_interval_s=self.health_interval_s(),
+            selftest_interval_s=self.selftest_interval_s(),
+            connection=self.remote.status_json() if self.remote is not None else None,
+        )
+
+    def _apply_intervals(self, *, publish: bool = True) -> None:
+        """The intervals in force now, without a restart: the link's next health wait, the monitor's."""
+        if self.link is not None:
+            self.link.health_interval_s = self.health_interval_s()
+            if publish:
+                self.link.health_changed()  # at once, and the new interval counts from now
+        self._intervals_changed.set()
+
+    async def set_interval(self, verb: str, seconds: int, command: Command) -> dict[str, Any]:
+        """The centre's selftest-interval or health-interval (bounds checked by wire.command)."""
+        was = self.selftest_interval_s() if verb == "selftest-interval" else self.health_interval_s()
+        overrides = {
+            **self.overrides,
+            verb: Override(seconds, command.issuer, command.issued_at, command.command_id),
+        }
+        await asyncio.to_thread(write_overrides, self._settings_file, overrides)
+        self.overrides = overrides
+        self._apply_intervals()
+        log.info(
+            "%s set to %d s by %s (was %g s); `ektp-agent config reset-remote` reverts it",
+            verb,
+            seconds,
+            command.issuer,
+            was,
+        )
+        return {
+            "verb": verb,
+            "seconds": seconds,
+            "was": was,
+            "health_interval_s": self.health_interval_s(),
+            "selftest_interval_s": self.selftest_interval_s(),
+            "revert": "ektp-agent config reset-remote",
+        }
+
+    async def _api_reset_remote(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        before = {
+            "health-interval": self.health_interval_s(),
+            "selftest-interval": self.selftest_interval_s(),
+        }
+        removed = await asyncio.to_thread(remove_overrides, self._settings_file)
+        removed = {**removed, **self.overrides}
+        self.overrides = {}
+        self._apply_intervals()
+        if removed:
+            log.info("the centre's interval overrides reverted: %s", ", ".join(sorted(removed)))
+        yield reset_json(removed, before, self.health_interval_s(), self.selftest_interval_s())
+
+    async def reopen(self, device: str) -> dict[str, Any]:
+        """Close and reopen a peripheral's port or handle on its own thread, then self-test it."""
+        if self.devices is None or device not in self.devices.slots:
+            return {
+                "device": device,
+                "state": "absent",
+                "passed": False,
+                "error": f"the {device} is disabled in the config (devices.{device}.enabled = false)",
+            }
+        devices = self.devices
+        error = ""
+
+        def close_and_open(driver: Any) -> None:
+            driver.close()
+            driver.open()
+
+        async with self.commit_lock:  # never under an enrollment's capture
+            try:
+                await devices.call(device, close_and_open, timeout=SELF_TEST_TIMEOUT_S)
+            except TimeoutError:
+                error = f"reopening did not finish within {SELF_TEST_TIMEOUT_S:.0f} s"
+            except Exception as exc:  # a driver error: the self-test below says what is wrong
+                error = f"reopening failed: {exc}"
+            result = await devices.self_test(device)
+        log.info("%s reopened: %s%s", device, result.state.value, f" ({error})" if error else "")
+        return {**result.to_json(), "reopened": not error, "error": error}
+
+
+def reset_json(
+    removed: dict[str, Override], before: dict[str, float], health_s: float, selftest_s: float
+) -> dict[str, Any]:
+    """What `config reset-remote` reverted: each override, the value it had and the one now in force."""
+    now = {"health-interval": health_s, "selftest-interval": selftest_s}
+    return {
+        "reverted": [
+            {"verb": verb, "seconds": o.seconds, "set_by": o.set_by, "set_at": o.set_at, "now_s": now[verb]}
+            for verb, o in sorted(removed.items())
+        ],
+        "health_interval_s": health_s,
+        "selftest_interval_s": selftest_s,
+        "before": before,
+    }
+
 
 def _queue_row(r: Any) -> dict[str, Any]:
     row = {
@@ -537,5 +688,6 @@ __all__ = [
     "check_data_dir",
     "queue_json",
     "rejected_json",
+    "reset_json",
     "resubmit_packets",
 ]

@@ -72,6 +72,9 @@ class Link:
         self.outbox = outbox
         self.central_keys = central_keys
         self.health = health
+        # read at every wait: the service sets it (the centre's health-interval) without a restart,
+        # then calls health_changed() so that the new interval counts from now
+        self.health_interval_s = config.health.interval_s
         self.stats = LinkStats()
         self.kiosk = config.kiosk.id
         prefix = f"{config.mqtt.topic_prefix}/{self.kiosk}"
@@ -590,10 +593,9 @@ class Link:
 
     async def _health_loop(self, client: mqtt.Client) -> None:
         """Health at once (session start, a change) and every interval; nothing here ends the loop."""
-        interval = self.config.health.interval_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._health_now.wait(), interval)
+                await asyncio.wait_for(self._health_now.wait(), self.health_interval_s)
             self._health_now.clear()
             try:
                 await self._publish_health(client)
