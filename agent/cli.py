@@ -418,3 +418,4 @@ __all__ = ["EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "Context
 # The kiosk commands register themselves on ``main``; imported last, once ``main`` exists.
 from agent import cli_kiosk as _kiosk_commands  # noqa: E402, F401
 from agent import cli_outbox as _outbox_commands  # noqa: E402, F401
+from agent import cli_remote as _remote_commands  # noqa: E402, F401

@@ -347,7 +347,20 @@ def _stopped_status(config: AgentConfig) -> dict[str, Any]:
     doc["uptime_s"] = 0.0
     doc["service"] = "stopped"
     doc["rejected"] = rejected
+    doc["remote"] = _stopped_remote(config)
     return doc
+
+
+def _stopped_remote(config: AgentConfig) -> dict[str, Any]:
+    """The status document's ``remote`` without the service: the config and the overrides file."""
+    from agent.remote import status_json
+    from agent.remote_store import intervals_in_force, read_overrides, settings_path
+
+    overrides = read_overrides(settings_path(config.kiosk.data_dir))
+    health_s, selftest_s = intervals_in_force(config.health.interval_s, overrides)
+    return status_json(
+        config, overrides, health_interval_s=health_s, selftest_interval_s=selftest_s, connection=None
+    )
 
 
 def _plural(n: int, one: str, many: str | None = None) -> str:
@@ -428,6 +441,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     con.print(_clock_line(host))
     free = host.get("disk_free_bytes")
     con.print(f"disk free: {free if free is not None else '?'} bytes; cpu {host.get('cpu_temp_c') or '?'} C")
+    for line in _remote_lines(doc.get("remote")):
+        con.print(line)
     if doc["problems"]:
         con.print(f"[bold red]{_plural(len(doc['problems']), 'problem')}[/] (exit 1):")
         for problem in doc["problems"]:
@@ -436,6 +451,23 @@ def _print_status(doc: dict[str, Any]) -> None:
         con.print(f"[yellow]warning[/]: {escape(warning['message'])}")
     if not doc["problems"]:
         con.print("no problems found")
+
+
+def _remote_lines(remote: dict[str, Any] | None) -> list[str]:
+    """Whether the centre's commands are taken, and each interval the centre set."""
+    if not remote:
+        return []
+    if not remote["enabled"]:
+        lines = ["remote commands: [yellow]off[/] ([remote] enabled = false)"]
+    else:
+        off = remote["refused_verbs"]
+        lines = ["remote commands: on" + (f" (refused: {escape(', '.join(off))})" if off else "")]
+    for verb, o in remote["overrides"].items():
+        lines.append(
+            f"  {verb} {o['seconds']} s, set by the centre ({escape(o['set_by'])} at {escape(o['set_at'])});"
+            " `ektp-agent config reset-remote` reverts it"
+        )
+    return lines
 
 
 # ----------------------------------------------------------------------------- diag
