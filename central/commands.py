@@ -386,9 +386,13 @@ def packet_ids(texts: Iterable[str]) -> list[str]:
 # ----------------------------------------------------------------------------- showing a result
 
 
+SAID_BY_THE_STATUS = ("ok", "service")  # a result's fields that its status already says
+SUMMARY_CHARS = 120
+
+
 def result_lines(verb: str, result: Mapping[str, Any]) -> list[str]:
     """A result, readably, one line each (indented by the caller): a diag's devices with detail
-    and hint, the log lines, a status's devices and queue; anything else as ``key: value``."""
+    and hint, the log lines, then the other fields as ``key: value``."""
     devices = device_reports(result)
     lines: list[str] = []
     if devices:
@@ -404,6 +408,8 @@ def result_lines(verb: str, result: Mapping[str, Any]) -> list[str]:
     for key, value in result.items():
         if key in ("lines", "devices", "diag", "results") and (devices or key == "lines"):
             continue
+        if key in SAID_BY_THE_STATUS:
+            continue
         if isinstance(value, dict | list):
             text = json.dumps(value, sort_keys=True, ensure_ascii=False)
             lines.append(f"{key}: {text if len(text) <= 300 else text[:300] + ' ...'}")
@@ -413,20 +419,25 @@ def result_lines(verb: str, result: Mapping[str, Any]) -> list[str]:
 
 
 def summary(verb: str, status: str, reason: str, result: Mapping[str, Any]) -> str:
-    """One short line for a list: the devices that are not ok, the number of log lines, or the
-    first few plain values; the reason when it did not run."""
-    if status not in ("ok",):
-        return reason
-    devices = device_reports(result)
+    """One short line for a list: the devices that are not ok, the number of log lines, the
+    reason of what failed or did not run, or the first few plain values."""
+    devices = device_reports(result) if status in ("ok", "failed") else []
     if devices:
         bad = [f"{d['device']} {d['state']}" for d in devices if d["state"] not in ("ok", "untested")]
-        return ", ".join(bad) if bad else f"{len(devices)} devices ok"
-    if isinstance(result.get("lines"), list):
+        text = ", ".join(bad) if bad else f"{len(devices)} devices ok"
+    elif status == "ok" and isinstance(result.get("lines"), list):
         n = len(result["lines"])
-        return f"{n} log line{'' if n == 1 else 's'}"
-    plain = [f"{k} {v}" for k, v in result.items() if isinstance(v, str | int | float | bool) or v is None]
-    text = ", ".join(plain[:4])
-    return text if len(text) <= 120 else text[:117] + "..."
+        text = f"{n} log line{'' if n == 1 else 's'}"
+    elif status != "ok":
+        text = reason
+    else:
+        plain = [
+            f"{k} {v}"
+            for k, v in result.items()
+            if k not in SAID_BY_THE_STATUS and (isinstance(v, str | int | float | bool) or v is None)
+        ]
+        text = ", ".join(plain[:4])
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 3] + "..."
 
 
 def args_text(args: Mapping[str, Any]) -> str | None:

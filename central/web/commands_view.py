@@ -299,7 +299,7 @@ def shown_result(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A command's result for the page: its device reports, its log lines, and the other fields as text."""
     import json
 
-    from central.commands import device_reports
+    from central.commands import SAID_BY_THE_STATUS, device_reports
 
     result = entry.get("result") or {}
     devices = device_reports(result)
@@ -307,6 +307,8 @@ def shown_result(entry: Mapping[str, Any]) -> dict[str, Any]:
     fields = []
     for key, value in result.items():
         if (key == "lines" and lines is not None) or (key in ("devices", "diag", "results") and devices):
+            continue
+        if key in SAID_BY_THE_STATUS:
             continue
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
         fields.append((key, text if len(text) <= 2000 else text[:2000] + " ... (cut)"))
