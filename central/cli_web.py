@@ -24,7 +24,8 @@ from central.config import parse_listen
 @click.pass_context
 def web_group(click_ctx: click.Context, listen: str | None) -> None:
     """Serve the fleet web view until SIGTERM or Ctrl-C: / the fleet, /kiosk/ID one kiosk,
-    /metrics for Prometheus, /healthz. Read-only; prints the URL first.
+    /metrics for Prometheus, /healthz. Prints the URL first. Pages only read, but for the
+    remote-command forms, which need a login (docs/web.md).
 
     On loopback no login is asked; any other address needs [web] users_file (HTTP basic;
     `web passwd NAME` writes it), and TLS comes from a reverse proxy in front (docs/web.md).
