@@ -106,6 +106,44 @@ class FleetRow(TypedDict):
     problems: list[str]
 
 
+_EMPTY: dict[str, Any] = {
+    "kiosk": "",
+    "region": None,
+    "registered": False,
+    "online": None,
+    "status_ts": None,
+    "last_seen": None,
+    "last_health_ts": None,
+    "health_received_at": None,
+    "health_age_s": None,
+    "devices": {},
+    "faulty": [],
+    "degraded": [],
+    "backlog": None,
+    "backlog_bytes": None,
+    "oldest_pending_age_s": None,
+    "rejected": None,
+    "damaged": None,
+    "clock_synchronised": None,
+    "clock_unsynchronised_s": None,
+    "disk_free_bytes": None,
+    "cpu_temp_c": None,
+    "reconnects": None,
+    "refused_pubacks": None,
+    "kiosk_problems": [],
+    "stored": 0,
+    "synthetic": 0,
+    "last_seq": None,
+    "last_delivery": None,
+    "gaps": [],
+    "duplicate_deliveries": 0,
+    "quarantined": 0,
+    "quarantine_bytes": 0,
+    "quarantine_dropped": 0,
+    "problems": [],
+}  # every column of a row, as a kiosk the centre knows nothing more of (empty_row copies it)
+
+
 def region_of(kiosk: str) -> str | None:
     """The Kemendagri region code a kiosk id starts with ("320715-01" -> "320715"), or None."""
     head = kiosk[:6]
@@ -115,6 +153,33 @@ def region_of(kiosk: str) -> str | None:
 def default_hint(device: str) -> str:
     """What to do about a device whose kiosk sent no hint of its own (an older agent)."""
     return f"on the kiosk: `ektp-agent diag {device}` tests it and says what to do (docs/troubleshooting.md)"
+
+
+HEALTH_FIELDS = (
+    "devices",
+    "faulty",
+    "degraded",
+    "backlog",
+    "backlog_bytes",
+    "oldest_pending_age_s",
+    "rejected",
+    "damaged",
+    "clock_synchronised",
+    "clock_unsynchronised_s",
+    "disk_free_bytes",
+    "cpu_temp_c",
+    "reconnects",
+    "refused_pubacks",
+    "kiosk_problems",
+)
+
+
+def health_fields(doc_text: str) -> dict[str, Any]:
+    """What a row takes from a health document (its HEALTH_FIELDS), parsed once: a reader that
+    keeps these per kiosk parses only the documents that changed since its last reading."""
+    row = empty_row("")
+    apply_health(row, _loads(doc_text))
+    return {k: row[k] for k in HEALTH_FIELDS}  # type: ignore[literal-required]
 
 
 def build_fleet(
@@ -130,7 +195,7 @@ def build_fleet(
     backlog_problem_hours: float = DEFAULT_BACKLOG_PROBLEM_HOURS,
 ) -> list[FleetRow]:
     """Rows from the store's query results: status (kiosk, state, ts), health (kiosk, ts,
-    received_at, doc JSON), counts (kiosk, count, synthetic count, min seq, max seq, newest
+    received_at, doc JSON or its :func:`health_fields`), counts (kiosk, count, synthetic count, min seq, max seq, newest
     received_at), gaps (kiosk, from, to) in order, counters (kiosk, duplicate deliveries,
     quarantine dropped), quarantine (kiosk, rows, bytes)."""
     when = now or datetime.now(UTC)
@@ -152,7 +217,14 @@ def build_fleet(
         r["last_health_ts"] = ts
         r["health_received_at"] = received_at
         r["health_age_s"] = _age_s(received_at, when)
-        apply_health(r, _loads(doc_text))
+        fields = doc_text if isinstance(doc_text, dict) else health_fields(doc_text)
+        for key in HEALTH_FIELDS:  # copies: the caller may keep ``fields`` for its next reading
+            value = fields[key]
+            if isinstance(value, list):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = {name: DeviceView(**device) for name, device in value.items()}
+            r[key] = value  # type: ignore[literal-required]
     for kiosk, count, synthetic, first, last, newest in counts:
         r = row(kiosk)
         r["stored"] = int(count) - int(synthetic)
@@ -181,42 +253,10 @@ def build_fleet(
 
 
 def empty_row(kiosk: str) -> FleetRow:
-    return FleetRow(
-        kiosk=kiosk,
-        region=region_of(kiosk),
-        registered=False,
-        online=None,
-        status_ts=None,
-        last_seen=None,
-        last_health_ts=None,
-        health_received_at=None,
-        health_age_s=None,
-        devices={},
-        faulty=[],
-        degraded=[],
-        backlog=None,
-        backlog_bytes=None,
-        oldest_pending_age_s=None,
-        rejected=None,
-        damaged=None,
-        clock_synchronised=None,
-        clock_unsynchronised_s=None,
-        disk_free_bytes=None,
-        cpu_temp_c=None,
-        reconnects=None,
-        refused_pubacks=None,
-        kiosk_problems=[],
-        stored=0,
-        synthetic=0,
-        last_seq=None,
-        last_delivery=None,
-        gaps=[],
-        duplicate_deliveries=0,
-        quarantined=0,
-        quarantine_bytes=0,
-        quarantine_dropped=0,
-        problems=[],
-    )
+    row: FleetRow = {**_EMPTY, "kiosk": kiosk, "region": region_of(kiosk)}  # type: ignore[typeddict-item]
+    for key in ("devices", "faulty", "degraded", "kiosk_problems", "gaps", "problems"):
+        row[key] = type(_EMPTY[key])()  # type: ignore[literal-required]
+    return row
 
 
 def judge(r: FleetRow, backlog_problem_hours: float) -> list[str]:

@@ -224,3 +224,18 @@ def test_history_survives_a_reopen_at_this_schema_version(tmp_path: Path) -> Non
     with open_store(str(path)) as s:
         assert len(s.health_history("320715-01", T0.timestamp())) == 1
         assert json.loads(json.dumps(s.fleet()))[0]["backlog"] == 1
+
+
+def test_a_reading_parses_again_only_what_changed_and_shows_every_change(store: CentralStore) -> None:
+    docs = [(f"320715-{i:02d}", "health", health(i)) for i in range(1, 6)]
+    store.record_fleet_docs(docs)
+    first = {r["kiosk"]: r for r in store.fleet()}
+    assert first["320715-03"]["backlog"] == 3
+    first["320715-02"]["faulty"].append("mutated by a caller")  # rows are the caller's own
+    store.record_fleet_docs([("320715-03", "health", health(42, iris="fault", detail="gone"))])
+    store.record_fleet_docs([("320715-06", "health", health(6))])  # a new kiosk
+    second = {r["kiosk"]: r for r in store.fleet()}
+    assert second["320715-03"]["backlog"] == 42 and second["320715-03"]["faulty"] == ["iris"]
+    assert second["320715-06"]["backlog"] == 6 and second["320715-01"]["backlog"] == 1
+    assert second["320715-02"]["faulty"] == [] and second["320715-02"]["devices"]["iris"]["state"] == "ok"
+    assert store.fleet("320715-03")[0]["backlog"] == 42  # one kiosk's reading: always fresh
