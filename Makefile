@@ -73,7 +73,8 @@ test: setup lint typecheck pytest
 run: setup
 	$(PY) -m demo $(ARGS)
 
-# The figures of docs/benchmarks.md (about 25 minutes; slow_link needs root for its namespace).
+# The figures of docs/benchmarks.md (about 35 minutes; slow_link needs root for its namespace;
+# fleet_scale needs the PostgreSQL of $EKTP_TEST_PG).
 bench: setup
 	$(PY) bench/store_commit.py
 	$(PY) bench/drain_reader.py
@@ -84,6 +85,8 @@ bench: setup
 	$(PY) bench/thin_link.py
 	$(PY) bench/thin_link.py --rate-kbit 128 --cut-every 60
 	$(PY) bench/sync_outage.py
+	$(PY) bench/metrics_render.py
+	$(PY) bench/fleet_scale.py
 	$(PY) bench/timings.py
 
 # The full chaos runs of docs/reliability.md (about 25 minutes).
