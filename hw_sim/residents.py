@@ -7,7 +7,9 @@ grayscale) and a signature (pen strokes in the pad's coordinates). The texture
 entropy is tuned so that a whole enrollment packs to about 300 KB.
 
 The ``ResidentDesk`` is who stands at the kiosk now: the agent's synthetic enroll
-asks the simulator to present resident N, and every device then captures them.
+asks the simulator to present resident N, and every device then captures them. A
+resident can be told to repeat a finger (``with_repeated_finger``: asked for finger 3,
+they place finger 1 again), the operator slip or fraud that enrollment must refuse.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import io
 import math
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -44,6 +46,18 @@ class Resident:
     address: str
     religion: str
     missing_finger: int | None  # ISO/IEC 19794-4 finger position 1..10, or None
+    repeats: tuple[tuple[int, int], ...] = ()  # (asked position, finger placed instead)
+
+    def with_repeated_finger(self, position: int, placed: int) -> Resident:
+        """This resident, placing finger ``placed`` again when asked for finger ``position``."""
+        if not (1 <= position <= 10 and 1 <= placed <= 10) or position == placed:
+            raise ValueError(f"cannot repeat finger {placed} at position {position}")
+        kept = tuple((p, f) for p, f in self.repeats if p != position)
+        return replace(self, repeats=(*kept, (position, placed)))
+
+    def placed_finger(self, position: int) -> int:
+        """The finger this resident places when asked for finger ``position``."""
+        return dict(self.repeats).get(position, position)
 
     def face_rgb(self) -> Image.Image:
         return _face(self.seed)
@@ -69,16 +83,23 @@ class ResidentDesk:
 
     _seed: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _resident: Resident | None = None  # a resident with repeats, instead of the seed's plain one
 
     def present(self, seed: int) -> Resident:
         with self._lock:
-            self._seed = seed
+            self._seed, self._resident = seed, None
         return synthetic_resident(seed)
+
+    def present_resident(self, resident: Resident) -> Resident:
+        """Present this resident as given (e.g. one told to repeat a finger)."""
+        with self._lock:
+            self._seed, self._resident = resident.seed, resident
+        return resident
 
     def current(self) -> Resident:
         with self._lock:
-            seed = self._seed
-        return synthetic_resident(seed)
+            seed, resident = self._seed, self._resident
+        return resident if resident is not None else synthetic_resident(seed)
 
 
 def synthetic_resident(seed: int) -> Resident:

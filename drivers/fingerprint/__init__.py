@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from drivers.fingerprint.device import FingerCapture, FingerprintScanner
+from drivers.fingerprint.device import FingerCapture, FingerprintScanner, FingerTemplate, RepeatedFinger
 
-__all__ = ["FingerCapture", "FingerprintScanner"]
+__all__ = ["FingerCapture", "FingerTemplate", "FingerprintScanner", "RepeatedFinger"]

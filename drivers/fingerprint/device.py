@@ -1,8 +1,17 @@
-"""The fingerprint scanner the agent calls: handshake, self-test, capture of one finger's image."""
+"""The fingerprint scanner the agent calls: handshake, self-test, capture of one finger's image.
+
+A capture also extracts the finger's features on the module (Img2Tz) and matches them
+(Match) against the fingers already taken in the same enrollment, so that one finger
+cannot be enrolled twice::
+
+    CaptureRejected
+     └── RepeatedFinger      the finger matches one taken before (position, like, score)
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageStat
@@ -15,23 +24,21 @@ from drivers.errors import (
     DeviceTimeout,
     DriverError,
 )
-from drivers.fingerprint.frames import Frame, encode
 from drivers.fingerprint.messages import (
+    CHAR_BUFFER_1,
+    CHAR_BUFFER_2,
     DEFAULT_ADDRESS,
     DEFAULT_PASSWORD,
-    Ack,
     Command,
     Confirmation,
     Instruction,
     MessageError,
-    PacketId,
     SystemParameters,
     image_dimensions,
     unpack_image,
 )
-from drivers.fingerprint.protocol import FingerprintStream
+from drivers.fingerprint.module import NAME, R30xModule
 from drivers.health import Problem, SelfTestResult, failed_self_test, passed_self_test
-from drivers.serial_link import SerialLink
 
 DEFAULT_BAUD = 57600
 REPLY_TIMEOUT_S = 1.0  # per packet; the module answers a command within a few ms plus the line time
@@ -40,10 +47,29 @@ FINGER_POLL_S = 0.08  # GenImg polling period while no finger is on the glass
 SLOW_ANSWER_S = 0.25  # a self-test handshake slower than this reports "degraded"
 DEFAULT_RETRIES = 2  # extra captures of the same finger when quality is below the floor
 MIN_QUALITY = 0.40  # the quality floor of an accepted image
-COMMAND_RETRIES = 1  # resend an idempotent command once after a corrupt reply
 IMAGE_MAX_BYTES = 64 * 1024  # cap on an uploaded image (R307: 36,864 bytes)
 
-NAME = "fingerprint"
+# ISO/IEC 19794-4 finger positions, as an operator is told to place them
+FINGER_NAMES = {
+    1: "right thumb",
+    2: "right index finger",
+    3: "right middle finger",
+    4: "right ring finger",
+    5: "right little finger",
+    6: "left thumb",
+    7: "left index finger",
+    8: "left middle finger",
+    9: "left ring finger",
+    10: "left little finger",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FingerTemplate:
+    """A finger's features as the module extracted them (its char file, opaque), for one enrollment only."""
+
+    position: int
+    char: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +84,24 @@ class FingerCapture:
     exception: str | None
     attempts: int
     handshake_s: float = 0.0  # how long the handshake that opened this capture took
+    template: FingerTemplate | None = None  # its features, to check the fingers taken after it
+    scores: tuple[tuple[int, int], ...] = ()  # (earlier position, the module's match score) per finger taken
 
 
-class FingerprintScanner:
+class RepeatedFinger(CaptureRejected):
+    """The finger on the glass matches one already taken in this enrollment."""
+
+    def __init__(
+        self, message: str, *, port: str, quality: float, position: int, like: int, score: int
+    ) -> None:
+        super().__init__(message, device=NAME, port=port, quality=quality)
+        self.position = position
+        self.like = like
+        self.score = score
+
+
+class FingerprintScanner(R30xModule):
     """An R30x-family module on a UART."""
-
-    name = NAME
 
     def __init__(
         self,
@@ -77,18 +115,13 @@ class FingerprintScanner:
         retries: int | None = None,
         min_quality: float | None = None,
     ) -> None:
-        self.port = port
-        self.baud = baud
-        self.address = address
+        super().__init__(
+            port, baud, address=address, timeout_s=REPLY_TIMEOUT_S if timeout_s is None else timeout_s
+        )
         self.password = password
-        self.timeout_s = REPLY_TIMEOUT_S if timeout_s is None else timeout_s
         self.finger_timeout_s = FINGER_TIMEOUT_S if finger_timeout_s is None else finger_timeout_s
         self.retries = DEFAULT_RETRIES if retries is None else retries
         self.min_quality = MIN_QUALITY if min_quality is None else min_quality
-        self.parameters: SystemParameters | None = None
-        self.resent = 0  # commands sent again after a corrupt reply (a running count)
-        self._stream = FingerprintStream()
-        self._link: SerialLink[Frame] = SerialLink(port, baud, device=NAME, decoder=self._stream)
 
     def open(self) -> None:
         """Open the port. :raises DeviceDisconnected:"""
@@ -111,12 +144,7 @@ class FingerprintScanner:
         :raises DeviceReportedError: e.g. 0x13 wrong password
         """
         self._expect_ok(self._command(Command.verify_password(self.password)), "password check")
-        ack = self._expect_ok(self._command(Command(Instruction.READ_SYS_PARA)), "ReadSysPara")
-        try:
-            self.parameters = SystemParameters.from_bytes(ack.data)
-        except MessageError as exc:
-            raise self._protocol_error(f"unreadable system parameters: {exc}") from exc
-        return self.parameters
+        return self.read_sys_para()
 
     def self_test(self) -> SelfTestResult:
         """Handshake with the module, timed; degraded when slow or when the driver had to recover; never raises."""
@@ -175,12 +203,15 @@ class FingerprintScanner:
             )
         return passed_self_test(NAME, detail, tried, problems)
 
-    def capture_finger(self, position: int) -> FingerCapture:
-        """Wait for the finger, upload its image, retry on poor quality.
+    def capture_finger(self, position: int, taken: Sequence[FingerTemplate] = ()) -> FingerCapture:
+        """Wait for the finger, upload its image, retry on poor quality; check it against ``taken``.
 
-        A finger that never comes is returned with ``pixels=None`` and ``exception`` set.
+        A finger that never comes is returned with ``pixels=None`` and ``exception`` set. A
+        good image's features are extracted on the module (Img2Tz, UpChar) and matched with
+        each finger taken before it in this enrollment (DownChar, Match).
 
-        :raises CaptureRejected: quality below the floor after every retry
+        :raises RepeatedFinger: the module matches it with a finger in ``taken``
+        :raises CaptureRejected: quality (or the module's features) below the floor after every retry
         :raises DeviceTimeout: :raises DeviceDisconnected: :raises DeviceProtocolError:
         :raises DeviceReportedError:
         """
@@ -190,6 +221,7 @@ class FingerprintScanner:
         self.handshake()  # also marks a new capture session
         handshake_s = time.monotonic() - started
         best_quality = 0.0
+        few_features = False  # a sharp image the module still could not extract features from
         attempts = 0
         for attempts in range(1, self.retries + 2):
             if not self._wait_for_finger():
@@ -197,10 +229,30 @@ class FingerprintScanner:
             width, height, pixels = self._upload_image()
             quality = image_quality(pixels, width, height)
             if quality >= self.min_quality:
-                return FingerCapture(position, width, height, pixels, quality, None, attempts, handshake_s)
+                char = self._features()
+                if char is not None:
+                    scores = self._compare(position, quality, taken)
+                    return FingerCapture(
+                        position,
+                        width,
+                        height,
+                        pixels,
+                        quality,
+                        None,
+                        attempts,
+                        handshake_s,
+                        FingerTemplate(position, char),
+                        tuple((t.position, score) for t, score in zip(taken, scores, strict=True)),
+                    )
+                few_features = True
             best_quality = max(best_quality, quality)
+        why = (
+            "the module found too few features (Img2Tz)"
+            if few_features
+            else f"image quality {best_quality:.2f} below {self.min_quality:.2f}"
+        )
         raise CaptureRejected(
-            f"finger {position}: image quality {best_quality:.2f} below {self.min_quality:.2f} after "
+            f"finger {position}: {why} after "
             f"{attempts} attempts; clean the glass and the finger, then capture again",
             device=NAME,
             port=self.port,
@@ -208,48 +260,6 @@ class FingerprintScanner:
         )
 
     # -- exchanges --------------------------------------------------------------------
-
-    def _command(self, command: Command) -> Ack:
-        for attempt in range(COMMAND_RETRIES + 1):
-            try:
-                with self._link.request():
-                    self._send(command)
-                    return self._receive_ack()
-            except DeviceProtocolError:
-                if attempt == COMMAND_RETRIES:
-                    raise
-                self.resent += 1
-        raise AssertionError("unreachable")
-
-    def _send(self, command: Command) -> None:
-        self._link.send(encode(Frame(self.address, PacketId.COMMAND, command.to_bytes())))
-
-    def _receive_frame(self) -> Frame:
-        frame = self._link.receive(self.timeout_s)
-        if frame.address != self.address:
-            raise self._protocol_error(
-                f"reply from address 0x{frame.address:08x}, expected 0x{self.address:08x}"
-            )
-        return frame
-
-    def _receive_ack(self) -> Ack:
-        frame = self._receive_frame()
-        if frame.pid != PacketId.ACK:
-            raise self._protocol_error(f"expected an acknowledge packet, got packet id 0x{frame.pid:02x}")
-        try:
-            return Ack.from_bytes(frame.payload)
-        except MessageError as exc:
-            raise self._protocol_error(str(exc)) from exc
-
-    def _expect_ok(self, ack: Ack, what: str) -> Ack:
-        if not ack.ok:
-            raise DeviceReportedError(
-                f"fingerprint module on {self.port} refused {what}: {Confirmation.describe(ack.code)}",
-                device=NAME,
-                port=self.port,
-                code=ack.code,
-            )
-        return ack
 
     def _wait_for_finger(self) -> bool:
         deadline = time.monotonic() + self.finger_timeout_s
@@ -264,41 +274,44 @@ class FingerprintScanner:
             time.sleep(FINGER_POLL_S)
 
     def _upload_image(self) -> tuple[int, int, bytes]:
-        for attempt in range(COMMAND_RETRIES + 1):
-            try:
-                with self._link.request():
-                    self._send(Command(Instruction.UP_IMAGE))
-                    self._expect_ok(self._receive_ack(), "to upload the image (UpImage)")
-                    packed = self._receive_image_data()
-                break
-            except DeviceProtocolError:
-                if attempt == COMMAND_RETRIES:
-                    raise
-                self.resent += 1
+        packed = self._upload(Command(Instruction.UP_IMAGE), "to upload the image (UpImage)", IMAGE_MAX_BYTES)
         try:
             width, height = image_dimensions(len(packed))
         except MessageError as exc:
             raise self._protocol_error(str(exc)) from exc
         return width, height, unpack_image(packed)
 
-    def _receive_image_data(self) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            frame = self._receive_frame()
-            if frame.pid not in (PacketId.DATA, PacketId.END_OF_DATA):
-                raise self._protocol_error(f"packet id 0x{frame.pid:02x} inside an image upload")
-            chunks.append(frame.payload)
-            total += len(frame.payload)
-            if total > IMAGE_MAX_BYTES:
-                raise self._protocol_error(f"image upload exceeds {IMAGE_MAX_BYTES} bytes")
-            if frame.pid == PacketId.END_OF_DATA:
-                return b"".join(chunks)
+    def _features(self) -> bytes | None:
+        """Img2Tz into char buffer 1 and its char file; None when the module finds too few features."""
+        try:
+            self.extract_features(CHAR_BUFFER_1)
+        except DeviceReportedError as exc:
+            if exc.code in (Confirmation.IMAGE_MESSY, Confirmation.FEATURE_FAIL):
+                return None
+            raise
+        return self.upload_char(CHAR_BUFFER_1)
 
-    def _protocol_error(self, message: str) -> DeviceProtocolError:
-        return DeviceProtocolError(
-            f"fingerprint module on {self.port}: {message}", device=NAME, port=self.port
-        )
+    def _compare(self, position: int, quality: float, taken: Sequence[FingerTemplate]) -> tuple[int, ...]:
+        """Match char buffer 1 against each finger taken before (loaded into buffer 2); their scores.
+
+        :raises RepeatedFinger: the module matches it with one of them
+        """
+        scores: list[int] = []
+        for earlier in taken:
+            self.download_char(CHAR_BUFFER_2, earlier.char)
+            matched, score = self.match()
+            scores.append(score)
+            if matched:
+                raise RepeatedFinger(
+                    f"finger {position} looks like finger {earlier.position}: place the "
+                    f"{FINGER_NAMES.get(position, f'finger {position}')}",
+                    port=self.port,
+                    quality=quality,
+                    position=position,
+                    like=earlier.position,
+                    score=score,
+                )
+        return tuple(scores)
 
 
 QUALITY_BLOCK = 16  # pixels per side of the blocks whose contrast is measured
@@ -327,4 +340,4 @@ def image_quality(pixels: bytes, width: int, height: int) -> float:
     return round(contrast * coverage, 3)
 
 
-__all__ = ["FingerCapture", "FingerprintScanner", "image_quality"]
+__all__ = ["FingerCapture", "FingerTemplate", "FingerprintScanner", "RepeatedFinger", "image_quality"]
