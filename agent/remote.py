@@ -49,7 +49,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentConfig
-from agent.link.session import CONNECT_TIMEOUT_S, backoff
+from agent.link.session import CONNECT_TIMEOUT_S, backoff, secure
 from agent.log_buffer import LogBuffer, redact
 from agent.remote_store import ANSWERED, DONE, RUNNING, Override, RemoteStore, RemoteStoreError, db_path
 from agent.remote_verbs import KioskControl, Outcome, run_verb
@@ -223,7 +223,6 @@ class RemoteCommands:
 
     def _new_client(self) -> mqtt.Client:
         """:raises OSError: the password file cannot be read; :raises ssl.SSLError: bad TLS files"""
-        m = self.config.mqtt
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{self.kiosk}-remote",
@@ -232,16 +231,7 @@ class RemoteCommands:
             manual_ack=True,  # a command's PUBACK goes only after its result is with the broker
         )
         client.suppress_exceptions = True
-        if m.tls:
-            client.tls_set(
-                ca_certs=str(m.ca_file) if m.ca_file else None,
-                certfile=str(m.cert_file) if m.cert_file else None,
-                keyfile=str(m.key_file) if m.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        if m.username:
-            password = m.password_file.read_text().strip() if m.password_file else None
-            client.username_pw_set(m.username, password)
+        secure(client, self.config.mqtt)
         post = self._post
 
         def on_connect(c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:

@@ -90,6 +90,24 @@ def status_payload(kiosk: str, state: str, connection: int) -> bytes:
     ).encode()
 
 
+def secure(client: mqtt.Client, m: MqttConfig) -> None:
+    """TLS and the login of [mqtt] on ``client`` (the link's and the remote commands' alike).
+
+    :raises OSError: the password file cannot be read
+    :raises ssl.SSLError: the TLS files are unusable
+    """
+    if m.tls:
+        client.tls_set(
+            ca_certs=str(m.ca_file) if m.ca_file else None,
+            certfile=str(m.cert_file) if m.cert_file else None,
+            keyfile=str(m.key_file) if m.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if m.username:
+        password = m.password_file.read_text().strip() if m.password_file else None
+        client.username_pw_set(m.username, password)
+
+
 def new_client(
     config: AgentConfig, topic_status: str, connection: int, post: Callable[[Event], None]
 ) -> mqtt.Client:
@@ -111,16 +129,7 @@ def new_client(
     client.max_inflight_messages_set(65535)  # the link keeps within the broker's Receive Maximum itself
     client.max_queued_messages_set(0)
     client.will_set(topic_status, status_payload(config.kiosk.id, "offline", connection), qos=1, retain=True)
-    if m.tls:
-        client.tls_set(
-            ca_certs=str(m.ca_file) if m.ca_file else None,
-            certfile=str(m.cert_file) if m.cert_file else None,
-            keyfile=str(m.key_file) if m.key_file else None,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    if m.username:
-        password = m.password_file.read_text().strip() if m.password_file else None
-        client.username_pw_set(m.username, password)
+    secure(client, m)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
         post(Connected(c, rc, props))
