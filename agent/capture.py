@@ -9,6 +9,12 @@ behind the capture on its device's thread.) Each capture reports
 its quality against the driver's floor, and what the driver worked around, to
 ``Devices`` (a self-test cannot grade quality). Image encoding runs on the device's
 thread, never on the core loop.
+
+Ten distinct fingers: each finger's features are extracted on the fingerprint module and
+matched there against the fingers already taken in this session; a finger that matches
+one of them ends the session with code ``repeated-finger`` and a message that tells the
+operator which finger to place ("finger 3 looks like finger 1: place the right middle
+finger"). The module's match scores are kept in the session's ``CaptureMetadata``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from drivers.base import Peripheral
 from drivers.camera.device import FaceCamera
 from drivers.errors import DriverError
 from drivers.fingerprint import device as fingerprint_device
-from drivers.fingerprint.device import FingerprintScanner
+from drivers.fingerprint.device import FingerprintScanner, FingerTemplate, RepeatedFinger
 from drivers.iris import device as iris_device
 from drivers.iris.device import IrisCamera
 from drivers.signature import device as signature_device
@@ -55,6 +61,27 @@ class CaptureError(Exception):
         super().__init__(message)
         self.device = device
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureMetadata:
+    """What the session measured besides the biometrics themselves."""
+
+    # per finger position: (earlier position, the module's match score) for every finger taken before it
+    finger_scores: dict[int, tuple[tuple[int, int], ...]]
+
+    def highest_finger_score(self) -> tuple[int, int, int] | None:
+        """(score, position, earlier position) of the closest pair of fingers, None when fewer than two."""
+        pairs = [(s, p, e) for p, scores in self.finger_scores.items() for e, s in scores]
+        return max(pairs) if pairs else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "finger_scores": {
+                str(p): [{"against": e, "score": s} for e, s in scores]
+                for p, scores in sorted(self.finger_scores.items())
+            }
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +114,41 @@ async def ensure_ready(devices: Devices) -> None:
 
 async def capture_enrollment(devices: Devices, applicant: Applicant) -> EnrollmentRecord:
     """Capture every biometric of one resident. :raises CaptureError:"""
+    record, _metadata = await capture_enrollment_with_metadata(devices, applicant)
+    return record
+
+
+async def capture_enrollment_with_metadata(
+    devices: Devices, applicant: Applicant
+) -> tuple[EnrollmentRecord, CaptureMetadata]:
+    """Capture every biometric of one resident, and what the session measured. :raises CaptureError:"""
     validate_nik(applicant.nik)
     await ensure_ready(devices)
     face = await _step(devices, "camera", _face)
     fingers: dict[int, Fingerprint] = {}
+    taken: list[FingerTemplate] = []
+    scores: dict[int, tuple[tuple[int, int], ...]] = {}
     for position in FingerPosition:
-        fingers[position] = await _step(devices, "fingerprint", functools.partial(_finger, position=position))
+        work = functools.partial(_finger, position=position, taken=tuple(taken))
+        shot = await _step(devices, "fingerprint", work)
+        if isinstance(shot, RepeatedFinger):  # the operator's slip, not the device's fault
+            raise CaptureError(str(shot), device="fingerprint", code="repeated-finger")
+        fingers[position], template, scores[position] = shot
+        if template is not None:
+            taken.append(template)
+    metadata = CaptureMetadata(scores)
+    closest = metadata.highest_finger_score()
+    if closest is not None:
+        log.info(
+            "ten fingers distinct: closest pair finger %d / %d, match score %d",
+            closest[1],
+            closest[2],
+            closest[0],
+        )
     right = await _step(devices, "iris", lambda d: _iris(d, 0))
     left = await _step(devices, "iris", lambda d: _iris(d, 1))
     signature = await _step(devices, "signature", _signature)
-    return EnrollmentRecord(
+    record = EnrollmentRecord(
         nik=applicant.nik,
         demographics=applicant.demographics,
         face=face,
@@ -105,6 +157,7 @@ async def capture_enrollment(devices: Devices, applicant: Applicant) -> Enrollme
         left_iris=left,
         signature=signature,
     )
+    return record, metadata
 
 
 async def _step(devices: Devices, name: str, work: Callable[[Peripheral], tuple[T, CaptureReport]]) -> T:
@@ -123,22 +176,30 @@ def _face(driver: Peripheral) -> tuple[FaceImage, CaptureReport]:
     return FaceImage(shot.jpeg, shot.width, shot.height, _percent(shot.quality)), report
 
 
-def _finger(driver: Peripheral, position: FingerPosition) -> tuple[Fingerprint, CaptureReport]:
+FingerShot = tuple[Fingerprint, FingerTemplate | None, tuple[tuple[int, int], ...]]
+
+
+def _finger(
+    driver: Peripheral, position: FingerPosition, taken: tuple[FingerTemplate, ...]
+) -> tuple[FingerShot | RepeatedFinger, CaptureReport]:
     scanner = cast(FingerprintScanner, driver)
-    shot = scanner.capture_finger(int(position))
+    try:
+        shot = scanner.capture_finger(int(position), taken)
+    except RepeatedFinger as exc:  # a good image of the wrong finger: the device is fine
+        return exc, CaptureReport(exc.quality, scanner.min_quality)
     if shot.pixels is None:
         reason = (
             FingerException.MISSING if "no finger" in (shot.exception or "") else FingerException.UNUSABLE
         )
         missing = Fingerprint(position, None, 0, 0, 0, attempts=min(shot.attempts, 99), exception=reason)
         slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
-        return missing, CaptureReport(notes=slow)  # no grade: the resident has no such finger
+        return (missing, None, ()), CaptureReport(notes=slow)  # no grade: the resident has no such finger
     png = _png_gray(shot.pixels, shot.width, shot.height)
     finger = Fingerprint(
         position, png, shot.width, shot.height, _percent(shot.quality), attempts=max(1, shot.attempts)
     )
     slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
-    return finger, CaptureReport(shot.quality, scanner.min_quality, slow)
+    return (finger, shot.template, shot.scores), CaptureReport(shot.quality, scanner.min_quality, slow)
 
 
 def _iris(driver: Peripheral, eye: int) -> tuple[IrisImage, CaptureReport]:
