@@ -2,8 +2,13 @@
 
 Host commands are single bytes: '*' is answered with the query reply (the pad's
 maxima), '1' streams the current resident's signature as pen packets (tip down along
-each stroke, a tip-up report after each, proximity out at the end), '0' stops.
-The touch query '%' gets no answer (a pen-only pad).
+each stroke, a tip-up report after each, proximity out at the end), '0' stops (also in
+the middle of a signature). The touch query '%' gets no answer (a pen-only pad).
+
+Pace and line: a real pad reports the pen ~133 times a second, so a signature of a few
+hundred points takes a second or two; the simulated pad streams at that pace unless it
+is made ``instant`` (load tests). It speaks 19200 baud (older models, the default) or
+38400 (newer ones), and hears nothing at the other rate.
 
 Faults: unplug, timeout and slow as every serial device; garbage = line noise before
 each packet, ending in a false lead byte (the driver must skip the broken packet and
@@ -15,6 +20,7 @@ has failed its calibration), which the kernel driver would register as a 0 x 0 t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,7 +30,8 @@ from hw_sim.pty_link import SerialSimDevice
 from hw_sim.residents import SIG_MAX_P, SIG_MAX_X, SIG_MAX_Y, ResidentDesk
 
 FIRMWARE_VERSION = 0x0213
-SIM_PEN_INTERVAL_S = 0.0  # delay between pen reports (a real pad: ~7.5 ms); 0 streams at once
+SIM_PEN_INTERVAL_S = 1 / 133  # between pen reports, as a real pad (ISDV4: ~133 reports/s)
+BAUD_RATES = (19200, 38400)
 LOW_QUALITY_POINTS = 6  # the scribble of a low-quality signature
 GARBAGE_BYTES = (4, 12)
 _NOISE7 = bytes(range(0x80))
@@ -42,13 +49,22 @@ class SimSignaturePad(SerialSimDevice):
         *,
         baud: int | None = None,
         throttle: bool = False,
+        instant: bool = False,
         seed: int = 0,
     ) -> None:
+        if baud is not None and baud not in BAUD_RATES:
+            raise ValueError(f"an ISDV4 pad speaks 19200 or 38400 baud, not {baud}")
         super().__init__(sim_dir, faults, desk, baud=baud, throttle=throttle, seed=seed)
+        self.instant = instant  # stream a signature at once instead of at the pen's pace
         self.streaming = False
 
     def status(self) -> dict[str, object]:
-        return {**super().status(), "streaming": self.streaming, "resident": self.desk.current().seed}
+        return {
+            **super().status(),
+            "streaming": self.streaming,
+            "instant": self.instant,
+            "resident": self.desk.current().seed,
+        }
 
     def reset_stream(self) -> None:
         self.streaming = False
@@ -80,16 +96,28 @@ class SimSignaturePad(SerialSimDevice):
         strokes = self.desk.current().signature_strokes()
         if fault is FaultKind.LOW_QUALITY:
             strokes = [strokes[0][:LOW_QUALITY_POINTS]]
+        packets: list[bytes] = []
         for stroke in strokes:
-            for x, y, pressure in stroke:
-                self._send_packet(PenReport(x, y, pressure, proximity=True, tip=True).to_bytes(), fault)
-                if SIM_PEN_INTERVAL_S:
-                    self._stop.wait(SIM_PEN_INTERVAL_S)
+            packets += [PenReport(x, y, p, proximity=True, tip=True).to_bytes() for x, y, p in stroke]
             x, y, _ = stroke[-1]
-            self._send_packet(PenReport(x, y, 0, proximity=True, tip=False).to_bytes(), fault)
+            packets.append(PenReport(x, y, 0, proximity=True, tip=False).to_bytes())
         x, y, _ = strokes[-1][-1]
-        self._send_packet(PenReport(x, y, 0, proximity=False, tip=False).to_bytes(), fault)
+        packets.append(PenReport(x, y, 0, proximity=False, tip=False).to_bytes())
+        interval = 0.0 if self.instant else SIM_PEN_INTERVAL_S
+        started = time.monotonic()
+        heard = b""
+        for i, packet in enumerate(packets):
+            if interval:
+                delay = started + i * interval - time.monotonic()  # on a fixed schedule: no drift
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                heard += self.port.read(0)  # the host may speak while the pen moves
+                if HostCommand.STOP.value in heard:
+                    break
+            self._send_packet(packet, fault)
         self.streaming = False
+        if heard:
+            self.on_bytes(heard, fault)  # what the host said meanwhile, in order (a stop included)
 
     def _send_packet(self, raw: bytes, fault: FaultKind | None) -> None:
         packet = bytearray(raw)

@@ -24,7 +24,7 @@ from drivers.signature.frames import Frame
 from drivers.signature.messages import HostCommand, MessageError, PenReport, QueryReply
 from drivers.signature.protocol import SignatureStream
 
-BAUD_RATES = (19200, 38400)  # older ISDV4 models, newer ones; the kernel and xf86-input-wacom try both
+BAUD_RATES = (38400, 19200)  # probed in this order: newer ISDV4 models, then older ones, as host drivers do
 QUERY_TIMEOUT_S = 1.0  # wacom_w8001.c waits 1 s (HZ) for the query reply
 STOP_SETTLE_S = 0.25  # wacom_w8001.c waits 250 ms after '0' (stop) before querying
 PEN_UP_QUIET_S = 1.5  # a signature is over when the pen has stayed up this long
@@ -68,7 +68,7 @@ class SignaturePad:
     def __init__(
         self,
         port: str,
-        baud: int = BAUD_RATES[0],
+        baud: int | None = None,
         *,
         timeout_s: float | None = None,
         quiet_s: float | None = None,
@@ -76,13 +76,15 @@ class SignaturePad:
         min_quality: float | None = None,
     ) -> None:
         self.port = port
-        self.configured_baud = baud
+        self.configured_baud = baud  # None: no rate configured, probe 38400 then 19200
         self.timeout_s = QUERY_TIMEOUT_S if timeout_s is None else timeout_s
         self.quiet_s = PEN_UP_QUIET_S if quiet_s is None else quiet_s
         self.max_duration_s = MAX_SIGNATURE_S if max_duration_s is None else max_duration_s
         self.min_quality = MIN_QUALITY if min_quality is None else min_quality
         self.bad_packets = 0  # broken packets skipped during the last query or capture
-        self._link: SerialLink[Frame] = SerialLink(port, baud, device=NAME, decoder=SignatureStream())
+        self.query_s = 0.0  # how long the last query's answering attempt took, the stop's settle time aside
+        first = baud or BAUD_RATES[0]
+        self._link: SerialLink[Frame] = SerialLink(port, first, device=NAME, decoder=SignatureStream())
 
     @property
     def baud(self) -> int:
@@ -106,6 +108,9 @@ class SignaturePad:
     def query(self) -> QueryReply:
         """Stop the pad and ask its maxima; on no answer, retry at the other baud rate.
 
+        The rate tried first is the one that last answered, else the configured one, else
+        38400; then the others in BAUD_RATES order.
+
         :raises DeviceTimeout: no answer at either rate
         :raises DeviceReportedError: the pad reports a zero-size sensor (code 0)
         :raises DeviceProtocolError: :raises DeviceDisconnected:
@@ -114,12 +119,16 @@ class SignaturePad:
         garbled: DeviceProtocolError | None = None
         for baud in rates:
             self._link.set_baud(baud)
+            started = time.monotonic()
             try:
-                return self._query_once()
+                reply = self._query_once()
             except DeviceTimeout:
                 continue
             except DeviceProtocolError as exc:  # a real UART at the wrong rate reads garbage, not silence
                 garbled = garbled or exc
+                continue
+            self.query_s = time.monotonic() - started - STOP_SETTLE_S
+            return reply
         self._link.set_baud(rates[0])
         if garbled is not None:
             raise garbled
@@ -132,7 +141,6 @@ class SignaturePad:
     def self_test(self) -> SelfTestResult:
         """Query the pad, timed; degraded when slow, at the other baud or after skipping broken packets; never raises."""
         tried = f"stop and pen query on {self.port} at {' then '.join(str(b) for b in BAUD_RATES)} baud"
-        started = time.monotonic()
         try:
             reply = self.query()
         except DriverError as exc:
@@ -143,7 +151,7 @@ class SignaturePad:
                 {
                     DeviceDisconnected: f"no signature pad port at {self.port}: check its USB-serial cable and "
                     "the port path",
-                    DeviceTimeout: f"no answer from the signature pad on {self.port} at 19200 or 38400 baud: "
+                    DeviceTimeout: f"no answer from the signature pad on {self.port} at 38400 or 19200 baud: "
                     "check the cable and the pad's power",
                     DeviceProtocolError: f"garbled packets from the signature pad on {self.port} at {self.baud} "
                     "baud: check the cable, its ground and its length",
@@ -151,13 +159,13 @@ class SignaturePad:
                     "power-cycle it; replace it if this stays",
                 },
             )
-        elapsed = time.monotonic() - started - STOP_SETTLE_S
+        elapsed = self.query_s
         detail = (
             f"pad answers on {self.port} at {self.baud} baud: {reply.max_x} x {reply.max_y}, "
             f"{reply.max_pressure + 1} pressure levels, firmware {reply.version}"
         )
         problems: list[str] = []
-        if self.baud != self.configured_baud:
+        if self.configured_baud is not None and self.baud != self.configured_baud:
             problems.append(f"configured for {self.configured_baud} baud: set {self.baud} in the config")
         if self.bad_packets:
             problems.append(
@@ -186,9 +194,8 @@ class SignaturePad:
         :raises DeviceTimeout: :raises DeviceDisconnected: :raises DeviceProtocolError:
         :raises DeviceReportedError:
         """
-        started = time.monotonic()
         reply = self.query()
-        query_s = time.monotonic() - started - STOP_SETTLE_S
+        query_s = self.query_s
         with self._link.request():
             self._link.send(HostCommand.START.value)
             try:

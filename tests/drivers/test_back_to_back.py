@@ -54,7 +54,9 @@ def make_driver(name: str, sim: SimServer | None) -> Peripheral:
             real or str(sim.sim_dir / "fingerprint"), finger_timeout_s=10 if real else 1
         )  # type: ignore[union-attr]
     if name == "signature":
-        return SignaturePad(real or str(sim.sim_dir / "signature"), quiet_s=1.5 if real else 0.1)  # type: ignore[union-attr]
+        if real:  # probed at 38400 then 19200, as host drivers do
+            return SignaturePad(real, quiet_s=1.5)
+        return SignaturePad(str(sim.sim_dir / "signature"), 19200, quiet_s=0.1)  # type: ignore[union-attr]
     if name == "iris":
         if real:
             vid, pid = (int(x, 16) for x in real.split(":"))

@@ -1,10 +1,11 @@
-"""The signature pad driver against the simulated ISDV4 pad on a real pty: capture, baud fallback, faults."""
+"""The signature pad driver against the simulated ISDV4 pad on a real pty: capture, pace, baud probing, faults."""
 
 from __future__ import annotations
 
 import io
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 import drivers.signature.device as sig_device
 import hw_sim.pty_link as pty_link
+import hw_sim.signature as sim_signature
 from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceReportedError, DeviceTimeout
 from drivers.health import DeviceState
 from drivers.signature import SignaturePad
@@ -30,6 +32,7 @@ def fast_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sig_device, "MAX_SIGNATURE_S", 2.0)
     monkeypatch.setattr(sig_device, "SLOW_ANSWER_S", 0.08)
     monkeypatch.setattr(pty_link, "SIM_SLOW_DELAY_S", 0.1)
+    monkeypatch.setattr(sim_signature, "SIM_PEN_INTERVAL_S", 0.0)  # the real pace has its own test
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def sim() -> Iterator[SimServer]:
 
 @pytest.fixture
 def pad(sim: SimServer) -> Iterator[SignaturePad]:
-    device = SignaturePad(str(sim.sim_dir / "signature"))
+    device = SignaturePad(str(sim.sim_dir / "signature"), 19200)  # the simulated pad's rate: no probing
     yield device
     device.close()
 
@@ -150,7 +153,7 @@ def test_fault_gives_a_typed_error_and_clears_without_reopening(
 
 def test_timeout_tries_both_rates(sim: SimServer, pad: SignaturePad) -> None:
     _fault(sim, FaultKind.TIMEOUT)
-    with pytest.raises(DeviceTimeout, match="19200 or 38400 baud"):
+    with pytest.raises(DeviceTimeout, match="19200 or 38400 baud"):  # the configured rate first
         pad.query()
 
 
@@ -163,3 +166,69 @@ def test_slow_pad_is_degraded(sim: SimServer, pad: SignaturePad) -> None:
     _clear(sim)
     assert pad.capture_signature().query_s < sig_device.SLOW_ANSWER_S
     assert pad.self_test().state is DeviceState.OK
+
+
+@pytest.mark.parametrize("rate", [38400, 19200])
+def test_an_unconfigured_pad_is_found_at_either_rate(rate: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim_dir = Path(tempfile.mkdtemp(prefix="ektp-sig-"))
+    device = SimSignaturePad(sim_dir, FaultBoard(), ResidentDesk(), baud=rate)
+    device.start()
+    pad = SignaturePad(str(sim_dir / "signature"))  # no rate configured: 38400, then 19200
+    try:
+        result = pad.self_test()
+        assert result.state is DeviceState.OK, result  # the rate that did not answer is no problem
+        assert pad.baud == rate and f"at {rate} baud" in result.detail
+        mismatches = device.status()["baud_mismatches"]
+        assert mismatches > 0 if rate == 19200 else mismatches == 0  # 38400 was tried first
+        assert pad.self_test().passed and device.status()["baud_mismatches"] == mismatches  # then its rate
+    finally:
+        pad.close()
+        device.stop()
+        shutil.rmtree(sim_dir)
+
+
+def test_a_signature_at_the_real_pace_is_parsed_completely(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_signature, "SIM_PEN_INTERVAL_S", 1 / 133)  # the default, as a real pad
+    seed = next(s for s in range(1, 100) if sum(map(len, synthetic_resident(s).signature_strokes())) < 150)
+    expected = synthetic_resident(seed).signature_strokes()
+    packets = sum(len(s) + 1 for s in expected) + 1  # pen reports, a tip-up after each stroke, proximity out
+    sim_dir = Path(tempfile.mkdtemp(prefix="ektp-sig-"))
+    desk = ResidentDesk()
+    desk.present(seed)
+    device = SimSignaturePad(sim_dir, FaultBoard(), desk, baud=38400)
+    device.start()
+    pad = SignaturePad(str(sim_dir / "signature"), 38400, quiet_s=0.1, max_duration_s=10.0)
+    try:
+        pad.query()
+        started = time.monotonic()
+        capture = pad.capture_signature()
+        elapsed = time.monotonic() - started
+    finally:
+        pad.close()
+        device.stop()
+        shutil.rmtree(sim_dir)
+    assert [list(s) for s in capture.strokes] == expected and capture.bad_packets == 0
+    assert elapsed >= 0.9 * packets / 133, (elapsed, packets)  # streamed at the pen's pace, not at once
+
+
+def test_instant_pad_streams_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_signature, "SIM_PEN_INTERVAL_S", 1 / 133)
+    sim_dir = Path(tempfile.mkdtemp(prefix="ektp-sig-"))
+    device = SimSignaturePad(sim_dir, FaultBoard(), ResidentDesk(), instant=True)
+    device.start()
+    pad = SignaturePad(str(sim_dir / "signature"), 19200, quiet_s=0.1)
+    try:
+        pad.query()
+        started = time.monotonic()
+        capture = pad.capture_signature()
+        assert time.monotonic() - started < 0.9 * sum(map(len, capture.strokes)) / 133
+    finally:
+        pad.close()
+        device.stop()
+        shutil.rmtree(sim_dir)
+    assert capture.quality > 0.7
+
+
+def test_the_simulated_pad_speaks_only_the_isdv4_rates(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="19200 or 38400"):
+        SimSignaturePad(tmp_path, FaultBoard(), ResidentDesk(), baud=57600)
