@@ -17,9 +17,9 @@ import pytest
 import serial
 
 import drivers.fingerprint.device as fp_device
-from drivers.errors import DeviceReportedError
+from drivers.errors import CaptureRejected, DeviceReportedError
 from drivers.fingerprint import FingerprintScanner, FingerTemplate, RepeatedFinger
-from drivers.fingerprint.messages import Confirmation, SysParaRegister
+from drivers.fingerprint.messages import Ack, Confirmation, Instruction, SysParaRegister
 from hw_sim.residents import synthetic_resident
 from hw_sim.server import SimServer
 
@@ -54,9 +54,11 @@ GET_RANDOM_CODE = h("EF01 FFFFFFFF 01 0003 14 0018")
 TEMPLATE_NUM = h("EF01 FFFFFFFF 01 0003 1D 0021")
 READ_INDEX_TABLE_0 = h("EF01 FFFFFFFF 01 0004 1F 00 0024")
 UNDEFINED_0X50 = h("EF01 FFFFFFFF 01 0003 50 0054")
+IMG2TZ_NO_BUFFER = h("EF01 FFFFFFFF 01 0003 02 0006")  # a parameter short
 
 # acknowledges (pid 07) -----------------------------------------------------------------
 OK = h("EF01 FFFFFFFF 07 0003 00 000A")
+RECEIVE_ERROR = h("EF01 FFFFFFFF 07 0003 01 000B")
 TEMPLATES_0 = h("EF01 FFFFFFFF 07 0005 00 0000 000C")
 TEMPLATES_1 = h("EF01 FFFFFFFF 07 0005 00 0001 000D")
 INDEX_EMPTY = h("EF01 FFFFFFFF 07 0023 00" + "00" * 32 + "002A")
@@ -166,6 +168,7 @@ def test_system_commands_golden(port: serial.Serial) -> None:
     assert exchange(port, SET_REGISTER_9, 12) == INVALID_REGISTER
     assert exchange(port, SET_PACKET_SIZE_7, 12) == INCORRECT_CONFIG
     assert exchange(port, UNDEFINED_0X50, 12) == NO_DEFINITION  # not 0x01, which blames the cable
+    assert exchange(port, IMG2TZ_NO_BUFFER, 12) == RECEIVE_ERROR  # a malformed package is 0x01
     assert exchange(port, SET_PWD_1, 12) == OK
     assert exchange(port, VFY_PWD_0, 12) == WRONG_PASSWORD
     assert exchange(port, VFY_PWD_1, 12) == OK
@@ -247,3 +250,14 @@ def test_a_repeated_finger_is_refused(sim: SimServer, scanner: FingerprintScanne
     assert str(info.value) == "finger 3 looks like finger 1: place the right middle finger"
     assert (info.value.position, info.value.like) == (3, 1) and info.value.score >= 50
     assert info.value.device == "fingerprint"
+
+
+def test_too_few_features_is_retried_then_rejected(sim: SimServer, scanner: FingerprintScanner) -> None:
+    module = sim.devices["fingerprint"]
+    module._handlers[Instruction.IMG_2_TZ] = lambda params, fault: module._reply(  # type: ignore[attr-defined]
+        Ack(Confirmation.FEATURE_FAIL), fault
+    )
+    with pytest.raises(CaptureRejected) as info:
+        scanner.capture_finger(1)
+    assert not isinstance(info.value, RepeatedFinger)
+    assert "too few features (Img2Tz) after 3 attempts" in str(info.value) and info.value.quality > 0.4
