@@ -197,7 +197,9 @@ def test_a_signature_at_the_real_pace_is_parsed_completely(monkeypatch: pytest.M
     desk.present(seed)
     device = SimSignaturePad(sim_dir, FaultBoard(), desk, baud=38400)
     device.start()
-    pad = SignaturePad(str(sim_dir / "signature"), 38400, quiet_s=0.1, max_duration_s=10.0)
+    pad = SignaturePad(
+        str(sim_dir / "signature"), 38400, quiet_s=0.3, max_duration_s=10.0
+    )  # room for a stall
     try:
         pad.query()
         started = time.monotonic()
