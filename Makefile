@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto system-packages run test lint typecheck pytest bench chaos mutation timings clean
+.PHONY: all setup mosquitto system-packages deb deb-packages run test lint typecheck pytest bench chaos mutation timings clean
 
 all: test
 
@@ -36,17 +36,50 @@ SYSTEM_COMMANDS := mosquitto strace chromium chromedriver promtool
 mosquitto: system-packages
 
 system-packages:
-	@missing=""; for c in $(SYSTEM_COMMANDS); do \
-	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
-	if [ -z "$$missing" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
-	  echo "installing $(SYSTEM_PACKAGES) from Debian's packages (missing:$$missing)"; \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; } || \
-	  { echo "error: apt-get could not install $(SYSTEM_PACKAGES) (its words are above)"; exit 2; }; \
-	else \
-	  echo "error: these commands are missing and this user cannot install their packages:$$missing"; \
-	  echo "       run: sudo apt-get install $(SYSTEM_PACKAGES)   (then make again)"; exit 2; \
-	fi
+	@$(call install-missing,$(SYSTEM_PACKAGES),$(SYSTEM_COMMANDS))
+
+# Debian's packaging tools, for `make deb` only (tests/test_deb.py runs it).
+DEB_PACKAGES := debhelper dh-virtualenv dpkg-dev python3-venv lintian
+DEB_COMMANDS := dh dh_virtualenv dpkg-buildpackage lintian
+
+deb-packages:
+	@$(call install-missing,$(DEB_PACKAGES),$(DEB_COMMANDS))
+
+# $(call install-missing,PACKAGES,COMMANDS): apt-get install PACKAGES when one of COMMANDS is missing.
+define install-missing
+missing=""; for c in $(2); do \
+  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+if [ -z "$$missing" ]; then :; \
+elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
+  echo "installing $(1) from Debian's packages (missing:$$missing)"; \
+  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(1) >/dev/null; } || \
+  { echo "error: apt-get could not install $(1) (its words are above)"; exit 2; }; \
+else \
+  echo "error: these commands are missing and this user cannot install their packages:$$missing"; \
+  echo "       run: sudo apt-get install $(1)   (then make again)"; exit 2; \
+fi
+endef
+
+# `make deb`: ektp-agent_VERSION_ARCH.deb and ektp-central_VERSION_ARCH.deb for this machine's
+# architecture (on a Pi: arm64), built by dpkg-buildpackage with debhelper and dh-virtualenv
+# (debian/rules) from a copy of the tree in $(DEB_DIR)/src, then checked by lintian. The files
+# land in $(DEB_DIR); dpkg-buildpackage's output in $(DEB_DIR)/build.log. DEB_VERSION sets the
+# packages' version (default: pyproject.toml's).
+DEB_DIR     ?= build/deb
+DEB_VERSION ?= $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
+
+deb: deb-packages
+	@rm -rf $(DEB_DIR)/src && mkdir -p $(DEB_DIR)/src && rm -f $(DEB_DIR)/ektp-*_$(DEB_VERSION)_*
+	@git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/src
+	@printf 'ektp-agent (%s) unstable; urgency=medium\n\n  * Built by make deb from %s.\n\n -- %s  %s\n' \
+	  '$(DEB_VERSION)' "$$(git describe --always --dirty 2>/dev/null || echo 'a tree without git')" \
+	  "$$(sed -n 's/^Maintainer: //p' debian/control)" "$$(date -R)" > $(DEB_DIR)/src/debian/changelog
+	@echo "building ektp-agent and ektp-central $(DEB_VERSION) for $(DEB_ARCH) in $(DEB_DIR) (log: $(DEB_DIR)/build.log)"
+	@cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc >../build.log 2>&1 || \
+	  { tail -n 40 ../build.log; echo "error: dpkg-buildpackage failed: the last lines of its output are above, all of it in $(DEB_DIR)/build.log"; exit 1; }
+	lintian --fail-on error,warning --info $(DEB_DIR)/ektp-agent_$(DEB_VERSION)_$(DEB_ARCH).deb $(DEB_DIR)/ektp-central_$(DEB_VERSION)_$(DEB_ARCH).deb
+	@ls -l $(DEB_DIR)/ektp-agent_$(DEB_VERSION)_$(DEB_ARCH).deb $(DEB_DIR)/ektp-central_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
