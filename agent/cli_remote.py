@@ -15,9 +15,10 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+# as a module: agent.cli_kiosk may still be importing agent.cli, which imports this module
+from agent import cli_kiosk
 from agent.api import ApiError, ServiceNotRunning
 from agent.cli import EXIT_OK, EXIT_PROBLEM, Context, config_group, emit_json, fail, main, pass_ctx
-from agent.cli_kiosk import STATUS_TIMEOUT_S, _console, _print_table, call
 from agent.config import AgentConfig
 from agent.remote_store import (
     RemoteStoreError,
@@ -91,8 +92,8 @@ def remote_log_cmd(ctx: Context, as_json: bool, limit: int | None) -> None:
             f"[{style}]{r.status}[/]" if style else escape(r.status),
             escape(r.reason or r.summary),
         )
-    con = _console()
-    _print_table(con, table)
+    con = cli_kiosk._console()
+    cli_kiosk._print_table(con, table)
     con.print(f"{len(rows)} command(s); `ektp-agent remote log --json` gives command ids and finish times")
 
 
@@ -123,7 +124,7 @@ def reset_remote_cmd(ctx: Context, as_json: bool) -> None:
     """
     config = ctx.config
     try:
-        doc = call(config, "reset-remote", timeout=STATUS_TIMEOUT_S)[0]
+        doc = cli_kiosk.call(config, "reset-remote", timeout=cli_kiosk.STATUS_TIMEOUT_S)[0]
         service = "running"
     except ServiceNotRunning:
         doc = _reset_offline(config)

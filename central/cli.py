@@ -114,6 +114,22 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
     ctx.obj = Context(config_arg)
 
 
+@main.group("kiosk")
+def kiosk_group() -> None:
+    """One kiosk: register its keys, show it, send it commands."""
+
+
+def _kiosk_id(kiosk_id: str) -> None:
+    """Exit 2 unless ``kiosk_id`` is a kiosk id (checked before the store is touched)."""
+    from wire.names import KIOSK_ID_RE
+
+    if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
+        fail(
+            f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")',
+            EXIT_USAGE,
+        )
+
+
 # ----------------------------------------------------------------------------- the store
 
 
@@ -412,8 +428,8 @@ def run_cmd(ctx: Context) -> None:
     sys.exit(code)
 
 
-# The config, fleet, key and web commands register themselves on ``main``; imported last, once
-# ``main`` exists.
+# The config, fleet, key, command and web commands register themselves on ``main`` and
+# ``kiosk_group``; imported last, once those exist (tests/test_cli_imports.py).
 from central import cli_commands as _remote_commands  # noqa: E402, F401
 from central import cli_config as _config_commands  # noqa: E402, F401
 from central import cli_fleet as _fleet_commands  # noqa: E402, F401

@@ -15,13 +15,14 @@ from central.cli import (
     EXIT_PROBLEM,
     EXIT_USAGE,
     Context,
+    _kiosk_id,
     central_store,
     emit_json,
     fail,
+    kiosk_group,
     pass_ctx,
     print_table,
 )
-from central.cli_keys import _kiosk_id, kiosk_group
 from central.commands import DEFAULT_TIMEOUT_S, args_text, packet_ids, result_lines, since_time, summary
 from wire.command import (
     DEFAULT_LOG_LINES,

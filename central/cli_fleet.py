@@ -14,14 +14,15 @@ from central.cli import (
     EXIT_PROBLEM,
     EXIT_USAGE,
     Context,
+    _kiosk_id,
     central_store,
     emit_json,
     fail,
+    kiosk_group,
     main,
     pass_ctx,
     print_table,
 )
-from central.cli_keys import _kiosk_id, kiosk_group
 from central.fleet import FleetRow
 
 RELATIVE_RE = re.compile(r"([0-9]{1,6})([smhd])")

@@ -10,9 +10,11 @@ from central.cli import (
     EXIT_PROBLEM,
     EXIT_USAGE,
     Context,
+    _kiosk_id,
     central_store,
     emit_json,
     fail,
+    kiosk_group,
     main,
     pass_ctx,
     print_table,
@@ -106,16 +108,6 @@ def _print_pair(keys: CentralPrivateKeys, path: Path) -> None:
     click.echo(str(public_path(path)))
 
 
-def _kiosk_id(kiosk_id: str) -> None:
-    from wire.names import KIOSK_ID_RE
-
-    if KIOSK_ID_RE.fullmatch(kiosk_id) is None:
-        fail(
-            f'kiosk id {kiosk_id!r} is invalid: expected 1-64 characters from A-Z a-z 0-9 _ - (e.g. "320715-01")',
-            EXIT_USAGE,
-        )
-
-
 def _public_pem(public_key: str) -> tuple[bytes, str]:
     """(the PEM of a kiosk's public key file, its fingerprint); exit 2 on a bad file."""
     from pathlib import Path
@@ -130,11 +122,6 @@ def _public_pem(public_key: str) -> tuple[bytes, str]:
         fail(str(exc), EXIT_USAGE)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return pem, key_fingerprint(raw_public(key))
-
-
-@main.group("kiosk")
-def kiosk_group() -> None:
-    """Register kiosks (their packet signing keys)."""
 
 
 @kiosk_group.command("add")

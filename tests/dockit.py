@@ -237,6 +237,9 @@ def _listening_ports(pid: int) -> set[int]:
     return ports
 
 
+SETTLE_S = 1.0  # how long a broker that listens must stay up to count as loaded
+
+
 def check_mosquitto(conf: Path, ports: list[int], timeout: float = 15.0) -> str:
     """Start ``mosquitto -c conf``; '' once it listens on every port, else what went wrong."""
     from tests.netkit import mosquitto_binary
@@ -260,6 +263,11 @@ def check_mosquitto(conf: Path, ports: list[int], timeout: float = 15.0) -> str:
                 waiting.pop(0)
                 continue
             time.sleep(0.05)
+        # Mosquitto binds a listener before it loads that listener's TLS files: one whose key file
+        # cannot be read listens for a moment, then exits. Loaded means still there a while later.
+        time.sleep(SETTLE_S)
+        if proc.poll() is not None:
+            return f"mosquitto -c {conf} exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
         return ""
     finally:
         proc.terminate()
