@@ -14,7 +14,8 @@ Ten distinct fingers: each finger's features are extracted on the fingerprint mo
 matched there against the fingers already taken in this session; a finger that matches
 one of them ends the session with code ``repeated-finger`` and a message that tells the
 operator which finger to place ("finger 3 looks like finger 1: place the right middle
-finger"). The module's match scores are kept in the session's ``CaptureMetadata``.
+finger"). The module's match scores are kept in the session's ``CaptureMetadata`` and in the
+record's ``capture`` block.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ async def capture_enrollment_with_metadata(
         right_iris=right,
         left_iris=left,
         signature=signature,
+        capture=metadata.to_json(),  # the scores travel in the record, inside the packet's encryption
     )
     return record, metadata
 

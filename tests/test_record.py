@@ -352,3 +352,24 @@ def test_strokes_round_trip_extremes() -> None:
     ]
     sig = Signature(strokes, png_gray(2, 2), 2, 2)
     assert Signature.strokes_from_bytes(sig.strokes_bytes()) == sig.strokes
+
+
+def test_the_capture_block_is_optional_bounded_and_checked() -> None:
+    record = small_record()
+    data = record.to_bytes()
+    (meta_len,) = struct.unpack_from(">I", data, 1)
+    assert record.capture is None and "capture" not in json.loads(data[5 : 5 + meta_len])
+    scores = {"finger_scores": {"2": [{"against": 1, "score": 17}]}}
+    kept = dataclasses.replace(record, capture=scores)
+    assert EnrollmentRecord.from_bytes(kept.to_bytes()).capture == scores
+    assert EnrollmentRecord.from_bytes(record.to_bytes()).capture is None  # an older kiosk's record
+    for bad in (
+        ["not", "an", "object"],
+        {"finger_scores": {"11": []}},
+        {"finger_scores": {"2": [{"against": 1, "score": -1}]}},
+        {"finger_scores": {"2": [{"against": 1, "score": 1, "extra": 0}]}},
+        {"blob": "x" * 20000},
+    ):
+        with pytest.raises(InvalidRecord) as caught:
+            dataclasses.replace(record, capture=bad)  # type: ignore[arg-type]
+        assert caught.value.field.startswith("capture")

@@ -261,6 +261,10 @@ class EnrollmentRecord:
     right_iris: IrisImage
     left_iris: IrisImage
     signature: Signature
+    # what the capture session measured besides the biometrics (e.g. the fingerprint module's
+    # match scores between the ten fingers: {"finger_scores": {"2": [{"against": 1, "score": 12}]}}),
+    # None for a record made without a session (synthetic, or an older kiosk)
+    capture: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -283,6 +287,8 @@ class EnrollmentRecord:
                 "demographics.sex", f"is {self.demographics.sex.value!r} but the NIK says {info.sex.value!r}"
             )
         object.__setattr__(self, "fingerprints", _check_fingerprints(self.fingerprints))
+        if self.capture is not None:
+            object.__setattr__(self, "capture", _check_capture(self.capture))
 
     def biometric_bytes(self) -> int:
         """Size of the raw biometric data: all image blobs plus the encoded strokes."""
@@ -359,7 +365,7 @@ class EnrollmentRecord:
                          "quality": self.left_iris.quality},
             },
             "signature": {"width": self.signature.width, "height": self.signature.height},
-        }  # fmt: skip
+        } | ({} if self.capture is None else {"capture": dict(self.capture)})  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -369,6 +375,39 @@ class EnrollmentRecord:
 
 
 # --- validation helpers -----------------------------------------------------------------
+
+MAX_CAPTURE_JSON = 16 * 1024
+
+
+def _check_capture(capture: object) -> dict[str, Any]:
+    """The capture block: a JSON object of at most 16 KiB whose ``finger_scores``, if any, map a
+    finger position to [{"against": position, "score": 0-65535}]. :raises InvalidRecord:"""
+    if not isinstance(capture, Mapping):
+        raise InvalidRecord("capture", "must be a JSON object")
+    try:
+        size = len(json.dumps(capture, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecord("capture", f"not plain JSON: {exc}") from None
+    if size > MAX_CAPTURE_JSON:
+        raise InvalidRecord("capture", f"{size} bytes of JSON, more than {MAX_CAPTURE_JSON}")
+    scores = capture.get("finger_scores", {})
+    if not isinstance(scores, Mapping):
+        raise InvalidRecord("capture.finger_scores", "must be a JSON object")
+    for position, pairs in scores.items():
+        if str(position) not in {str(int(p)) for p in FingerPosition} or not isinstance(pairs, list):
+            raise InvalidRecord(
+                f"capture.finger_scores.{str(position)[:8]}", "not a finger position with a list"
+            )
+        for pair in pairs:
+            ok = isinstance(pair, Mapping) and set(pair) == {"against", "score"}
+            if not ok or not all(
+                type(pair[k]) is int and 0 <= pair[k] <= 65535 for k in ("against", "score")
+            ):
+                raise InvalidRecord(
+                    f"capture.finger_scores.{position}",
+                    'each entry is {"against": position, "score": 0-65535}',
+                )
+    return dict(capture)
 
 
 def _check_int(field: str, value: object, lo: int, hi: int) -> None:
@@ -644,4 +683,5 @@ def _from_metadata(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
         right_iris=right,
         left_iris=left,
         signature=signature,
+        capture=meta.obj.get("capture"),  # type: ignore[arg-type]  # checked by EnrollmentRecord
     )

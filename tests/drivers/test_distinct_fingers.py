@@ -99,6 +99,9 @@ def test_ten_distinct_fingers_are_enrolled_with_their_scores(sim: SimServer, dev
     assert metadata.to_json()["finger_scores"]["2"] == [
         {"against": 1, "score": metadata.finger_scores[2][0][1]}
     ]  # type: ignore[index]
+    # the scores travel in the record (inside the packet's encryption) and survive its encoding
+    assert record.capture == metadata.to_json()
+    assert EnrollmentRecord.from_bytes(record.to_bytes()).capture == metadata.to_json()
 
 
 def test_a_repeated_finger_is_refused_and_the_device_stays_healthy(sim: SimServer, devices: Devices) -> None:
