@@ -160,14 +160,34 @@ def clear(ctx: click.Context, device: str | None) -> None:
     click.echo(f"cleared {device or 'all devices'}")
 
 
-@main.command(epilog="Example: ektp-sim --dir /tmp/sim present 42 --finger 1")
+@main.command(
+    epilog="Examples: ektp-sim --dir /tmp/sim present 42 --finger 1\n\n"
+    "ektp-sim --dir /tmp/sim present 42 --repeat-finger 3=1   (asked for finger 3, places finger 1 again)"
+)
 @click.argument("seed", type=click.IntRange(min=0))
 @click.option("--finger", type=click.IntRange(1, 10), help="Finger the resident places next (default 1).")
+@click.option(
+    "--repeat-finger",
+    "repeats",
+    metavar="POSITION=PLACED",
+    multiple=True,
+    help="Asked for finger POSITION, the resident places finger PLACED again (an operator's slip the"
+    " kiosk must refuse). Repeatable.",
+)
 @click.pass_context
-def present(ctx: click.Context, seed: int, finger: int | None) -> None:
+def present(ctx: click.Context, seed: int, finger: int | None, repeats: tuple[str, ...]) -> None:
     """Put synthetic resident SEED at the kiosk: every device captures them from now on."""
-    reply = _call(ctx, "present", seed, finger)
-    click.echo(f"resident {seed} (NIK {reply.get('nik')}) at the kiosk")
+    pairs = []
+    for text in repeats:
+        position, _, placed = text.partition("=")
+        if not (position.isdigit() and placed.isdigit()):
+            raise click.BadParameter(
+                f"{text!r} is not POSITION=PLACED (e.g. 3=1)", param_hint="--repeat-finger"
+            )
+        pairs.append([int(position), int(placed)])
+    reply = _call(ctx, "present", seed, finger, pairs or None)
+    repeated = "".join(f", finger {p} placed for finger {q}" for q, p in reply.get("repeats", []))
+    click.echo(f"resident {seed} (NIK {reply.get('nik')}) at the kiosk{repeated}")
 
 
 @main.command(epilog="Example: ektp-sim --dir /tmp/sim status --json")

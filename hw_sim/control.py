@@ -67,5 +67,10 @@ class SimControl:
     def clear(self, device: str | None = None) -> dict[str, Any]:
         return self.request({"op": "clear", "device": device})
 
-    def present(self, seed: int, finger: int | None = None) -> dict[str, Any]:
-        return self.request({"op": "present", "seed": seed, "finger": finger})
+    def present(
+        self, seed: int, finger: int | None = None, repeat: list[tuple[int, int]] | None = None
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"op": "present", "seed": seed, "finger": finger}
+        if repeat:
+            request["repeat"] = [list(p) for p in repeat]
+        return self.request(request)

@@ -17,7 +17,9 @@ Control requests and replies::
                                                          "pid": N, "owner_pid": N|null, ...}
     {"op": "fault", "device": D, "kind": K, "for": S|null}
     {"op": "clear", "device": D|null}
-    {"op": "present", "seed": N, "finger": P|null}  (P: the finger the resident places next, 1..10)
+    {"op": "present", "seed": N, "finger": P|null, "repeat": [[POSITION, PLACED], ...]}
+        (P: the finger the resident places next, 1..10; repeat: asked for finger POSITION, the
+        resident places finger PLACED again, an operator's slip the capture must refuse)
     errors                                            -> {"ok": false, "error": "..."}
 """
 
@@ -35,7 +37,7 @@ from typing import Any
 
 from hw_sim.device import SimDevice
 from hw_sim.faults import DEVICES, FaultBoard, FaultKind
-from hw_sim.residents import ResidentDesk
+from hw_sim.residents import ResidentDesk, synthetic_resident
 
 CONTROL_SOCKET = "control.sock"
 PID_FILE = "sim.pid"
@@ -201,7 +203,7 @@ class SimServer:
                 self._settle(list(self.devices) if cleared is None else [cleared])
                 return {"ok": True, "cleared": cleared or "all"}
             if op == "present":
-                return self._present(request.get("seed"), request.get("finger"))
+                return self._present(request.get("seed"), request.get("finger"), request.get("repeat"))
         except SimError as exc:
             return _error(str(exc))
         return _error(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
@@ -222,19 +224,38 @@ class SimServer:
             "faults": self.faults.snapshot(),
         }
 
-    def _present(self, seed: Any, finger: Any) -> dict[str, Any]:
+    def _present(self, seed: Any, finger: Any, repeat: Any = None) -> dict[str, Any]:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise SimError(f'"seed" must be a non-negative integer, got {seed!r}')
         if finger is not None and (
             not isinstance(finger, int) or isinstance(finger, bool) or not 1 <= finger <= 10
         ):
             raise SimError(f'"finger" must be a finger position 1..10, got {finger!r}')
-        resident = self.desk.present(seed)
+        if repeat is not None and not isinstance(repeat, list):
+            raise SimError(f'"repeat" must be a list of [position, placed] pairs, got {repeat!r}')
+        resident = synthetic_resident(seed)
+        for pair in repeat or []:
+            ok = isinstance(pair, list) and len(pair) == 2 and all(type(p) is int for p in pair)
+            try:
+                resident = resident.with_repeated_finger(*pair) if ok else resident
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SimError(
+                    f'"repeat" takes [position, placed] pairs of two different fingers 1..10, got {pair!r}'
+                )
+        resident = self.desk.present_resident(resident) if repeat else self.desk.present(seed)
         for device in self.devices.values():
             on_present = getattr(device, "on_present", None)
             if callable(on_present):
                 on_present(seed, finger)
-        return {"ok": True, "seed": seed, "nik": resident.nik, "missing_finger": resident.missing_finger}
+        return {
+            "ok": True,
+            "seed": seed,
+            "nik": resident.nik,
+            "missing_finger": resident.missing_finger,
+            "repeats": [list(p) for p in resident.repeats],
+        }
 
     def _device_arg(self, device: Any) -> str:
         if device not in DEVICES:

@@ -196,3 +196,44 @@ def test_a_real_kit_refuses_synthetic_enrollments_and_bad_requests(kit: tuple[Ki
         assert {d["state"] for d in doc["devices"].values()} <= {"fault", "absent"}
     finally:
         k.kill(agent, signal.SIGTERM)
+
+
+def test_a_repeated_finger_is_refused_through_the_service_and_nothing_is_committed(
+    kit: tuple[Kit, Broker], tmp_path: Path
+) -> None:
+    """Issue 14: the resident places finger 1 again when asked for finger 3 (`ektp-sim present
+    --repeat-finger 3=1`); the service's capture matches it on the module and refuses it."""
+    from hw_sim.residents import synthetic_resident
+
+    k, _ = kit
+    k.start_agent()
+    seed = next(s for s in range(2, 200) if synthetic_resident(s).missing_finger is None)
+    r = synthetic_resident(seed)
+    applicant = tmp_path / "applicant.json"
+    applicant.write_text(
+        json.dumps(
+            {
+                "nik": r.nik,
+                "demographics": {
+                    "name": r.name,
+                    "sex": r.sex,
+                    "birth_date": r.birth_date.isoformat(),
+                    "birth_place": r.birth_place,
+                    "address": r.address,
+                    "religion": r.religion,
+                },
+            }
+        )
+    )
+    shown = sim(k, "present", str(seed), "--repeat-finger", "3=1")
+    assert shown.returncode == 0 and "finger 1 placed for finger 3" in shown.stdout, shown.stderr
+    p = k.agent_cli("enroll", "--applicant", str(applicant))
+    assert p.returncode == 1
+    assert "finger 3 looks like finger 1: place the right middle finger" in p.stderr
+    assert k.status()["devices"]["fingerprint"]["state"] == "ok"  # the operator's slip, not the device's
+    assert k.status()["enrollments"]["total"] == 0
+    assert sim(k, "present", str(seed)).returncode == 0  # the same resident, each finger once
+    p = k.agent_cli("enroll", "--applicant", str(applicant))
+    assert p.returncode == 0, p.stderr
+    same = sim(k, "present", "1", "--repeat-finger", "3=3")  # not a repeat: refused, named
+    assert same.returncode == 1 and "two different fingers" in same.stderr
