@@ -40,10 +40,11 @@ from drivers.signature.device import SignaturePad
 log = logging.getLogger("ektp.devices")
 
 DEVICE_NAMES = ("fingerprint", "signature", "iris", "camera")
-# The simulator presents a finger or streams a signature at once; waiting as long as for
-# a person would only slow synthetic enrollments down.
+# The simulator presents a finger at once and signs at the pen's pace without pauses;
+# waiting as long as for a person would only slow synthetic enrollments down. The pen-up
+# wait still covers a loaded machine stalling the simulator between two strokes.
 SIM_FINGER_TIMEOUT_S = 1.0
-SIM_PEN_UP_QUIET_S = 0.1
+SIM_PEN_UP_QUIET_S = 0.3
 SELF_TEST_TIMEOUT_S = 15.0  # a self-test still running after this counts as a fault
 BUSY_TIMEOUT_S = 90.0  # a self-test queued behind a capture longer than this: the capture hangs
 T = TypeVar("T")
