@@ -161,8 +161,8 @@ def clear(ctx: click.Context, device: str | None) -> None:
 
 
 @main.command(
-    epilog="Examples: ektp-sim --dir /tmp/sim present 42 --finger 1\n\n"
-    "ektp-sim --dir /tmp/sim present 42 --repeat-finger 3=1   (asked for finger 3, places finger 1 again)"
+    epilog="Example: ektp-sim --dir /tmp/sim present 42 --repeat-finger 3=1   (resident 42, who places"
+    " finger 1 again when asked for finger 3)"
 )
 @click.argument("seed", type=click.IntRange(min=0))
 @click.option("--finger", type=click.IntRange(1, 10), help="Finger the resident places next (default 1).")
