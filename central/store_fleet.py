@@ -114,14 +114,20 @@ class FleetTables:
         stamp = _utc_text(when)
         epoch = int(when.timestamp())
         step = epoch - epoch % STEP_S
-        applied: list[bool] = []
+        # Every consumer records every kiosk's documents: two transactions must take their row
+        # locks in one order (statuses, then health, each by kiosk; a kiosk's own documents keep
+        # their order), or PostgreSQL ends one of them as a deadlock.
+        order = sorted(range(len(checked)), key=lambda i: (checked[i][1] != "status", checked[i][0]))
+        done: dict[int, bool] = {}
         with self._tx() as sql:
-            for kiosk, kind, doc, text in checked:
+            for i in order:
+                kiosk, kind, doc, text = checked[i]
                 if kind == "status":
-                    applied.append(self._apply_status(sql, kiosk, doc, text, stamp))
+                    done[i] = self._apply_status(sql, kiosk, doc, text, stamp)
                 else:
                     self._apply_health(sql, kiosk, doc, text, stamp, step)
-                    applied.append(True)
+                    done[i] = True
+        applied = [done[i] for i in range(len(checked))]
         for (kiosk, kind, doc, _), done in zip(checked, applied, strict=True):
             if kind == "status" and not done:
                 log.info(
