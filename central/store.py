@@ -564,7 +564,7 @@ class CentralStore(FleetTables, CommandTables, ABC):
         if limit is not None:
             if limit < 1:
                 raise StoreInputError(f"limit {limit} is not a number of packets (1 or more)")
-            query += " ORDER BY received_at DESC, kiosk, seq LIMIT ?"
+            query += " ORDER BY received_at DESC, seq DESC, kiosk LIMIT ?"
             params.append(limit)
         with self._tx(write=False) as sql:
             rows = sql(query, params).fetchall()
