@@ -8,7 +8,9 @@ committed. (The monitor's periodic self-tests go on during sessions too, each qu
 behind the capture on its device's thread.) Each capture reports
 its quality against the driver's floor, and what the driver worked around, to
 ``Devices`` (a self-test cannot grade quality). Image encoding runs on the device's
-thread, never on the core loop.
+thread, never on the core loop: fingers and irises straight to JPEG 2000, the face to a JPEG,
+at the settings of ``wire.image_codec`` (what record version 2 sends; the qualities stay
+those measured on the lossless capture).
 
 Ten distinct fingers: each finger's features are extracted on the fingerprint module and
 matched there against the fingers already taken in this session; a finger that matches
@@ -39,6 +41,7 @@ from drivers.iris import device as iris_device
 from drivers.iris.device import IrisCamera
 from drivers.signature import device as signature_device
 from drivers.signature.device import SignaturePad
+from wire.image_codec import FINGER_J2K_RATIO, IRIS_J2K_RATIO, face_jpeg, gray_jp2
 from wire.nik import validate_nik
 from wire.record import (
     Demographics,
@@ -175,7 +178,8 @@ def _face(driver: Peripheral) -> tuple[FaceImage, CaptureReport]:
     shot = camera.capture_face()
     notes = _slow(shot.frame_s, camera.slow_frame_s, "a slow frame")
     report = CaptureReport(shot.quality, camera.min_quality, notes)
-    return FaceImage(shot.jpeg, shot.width, shot.height, _percent(shot.quality)), report
+    # sent as a JPEG of the record's quality (wire.image_codec); the quality is the camera's own
+    return FaceImage(face_jpeg(shot.jpeg), shot.width, shot.height, _percent(shot.quality)), report
 
 
 FingerShot = tuple[Fingerprint, FingerTemplate | None, tuple[tuple[int, int], ...]]
@@ -196,9 +200,9 @@ def _finger(
         missing = Fingerprint(position, None, 0, 0, 0, attempts=min(shot.attempts, 99), exception=reason)
         slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
         return (missing, None, ()), CaptureReport(notes=slow)  # no grade: the resident has no such finger
-    png = _png_gray(shot.pixels, shot.width, shot.height)
+    image = gray_jp2(shot.pixels, shot.width, shot.height, ratio=FINGER_J2K_RATIO)
     finger = Fingerprint(
-        position, png, shot.width, shot.height, _percent(shot.quality), attempts=max(1, shot.attempts)
+        position, image, shot.width, shot.height, _percent(shot.quality), attempts=max(1, shot.attempts)
     )
     slow = _slow(shot.handshake_s, fingerprint_device.SLOW_ANSWER_S, "a slow handshake")
     return (finger, shot.template, shot.scores), CaptureReport(shot.quality, scanner.min_quality, slow)
@@ -208,7 +212,10 @@ def _iris(driver: Peripheral, eye: int) -> tuple[IrisImage, CaptureReport]:
     camera = cast(IrisCamera, driver)
     shot = camera.capture_iris(eye)
     image = IrisImage(
-        _png_gray(shot.pixels, shot.width, shot.height), shot.width, shot.height, _percent(shot.quality)
+        gray_jp2(shot.pixels, shot.width, shot.height, ratio=IRIS_J2K_RATIO),
+        shot.width,
+        shot.height,
+        _percent(shot.quality),
     )
     slow = _slow(shot.slowest_answer_s, iris_device.SLOW_ANSWER_S, "slow answers")
     return image, CaptureReport(shot.quality, camera.min_quality, slow)
@@ -236,12 +243,6 @@ def _slow(seconds: float, limit: float, what: str) -> tuple[str, ...]:
     if seconds <= limit:
         return ()
     return (f"had {what} ({seconds * 1000:.0f} ms, usually under {limit * 1000:.0f} ms)",)
-
-
-def _png_gray(pixels: bytes, width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.frombytes("L", (width, height), pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _percent(quality: float) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
+from agent.compression import compress_record
 from wire.nik import Sex
 from wire.record import (
     Demographics,
@@ -50,12 +51,16 @@ def demographics_of(resident: Resident) -> Demographics:
     )
 
 
-def record_from_resident(resident: Resident, *, finger_bits: int = 4) -> EnrollmentRecord:
+def record_from_resident(
+    resident: Resident, *, finger_bits: int = 4, compressed: bool = True
+) -> EnrollmentRecord:
     """The record the kiosk would build for this synthetic resident.
 
-    ``finger_bits=4`` keeps 16 gray levels, as the R30x module's UpImage delivers them
-    (about 250 KB of biometrics); ``finger_bits=8`` keeps the simulator's full 8-bit
-    texture (about 560 KB).
+    ``finger_bits=4`` keeps 16 gray levels, as the R30x module's UpImage delivers them;
+    ``finger_bits=8`` keeps the simulator's full 8-bit texture. ``compressed`` (the kiosk's
+    way since record version 2) sends fingers and irises as JPEG 2000 and the face as a smaller
+    JPEG (agent.compression); without it the images stay as record version 1 sent them,
+    lossless PNGs and the camera's JPEG (about 250 KB of biometrics with 4-bit fingers).
     """
     from hw_sim.residents import FINGER_H, FINGER_W, IRIS_H, IRIS_W, SIG_MAX_X, SIG_MAX_Y, encode_png_gray
 
@@ -72,7 +77,7 @@ def record_from_resident(resident: Resident, *, finger_bits: int = 4) -> Enrollm
             fingers[pos] = Fingerprint(pos, png, FINGER_W, FINGER_H, quality=80, attempts=1)
     strokes = resident.signature_strokes()
     sig_w, sig_h = SIG_MAX_X // SIGNATURE_SCALE, SIG_MAX_Y // SIGNATURE_SCALE
-    return EnrollmentRecord(
+    record = EnrollmentRecord(
         nik=resident.nik,
         demographics=demographics_of(resident),
         face=FaceImage(jpeg_of(face), face.width, face.height, quality=90),
@@ -81,6 +86,7 @@ def record_from_resident(resident: Resident, *, finger_bits: int = 4) -> Enrollm
         left_iris=IrisImage(encode_png_gray(resident.iris_gray(1), IRIS_W, IRIS_H), IRIS_W, IRIS_H, 85),
         signature=Signature(strokes, render_signature(strokes, sig_w, sig_h), sig_w, sig_h),
     )
+    return compress_record(record) if compressed else record
 
 
 def jpeg_of(image: Image.Image, quality: int = FACE_JPEG_QUALITY) -> bytes:

@@ -11,6 +11,7 @@ from agent.synthetic import jpeg_of, record_from_resident, render_signature
 from hw_sim.residents import (
     encode_png_gray,
 )
+from wire.image_codec import gray_jp2
 from wire.nik import Sex
 from wire.record import (
     Demographics,
@@ -23,13 +24,18 @@ from wire.record import (
     Signature,
 )
 
-__all__ = ["jpeg_of", "record_from_resident", "render_signature", "small_record"]
+__all__ = ["jp2_gray", "jpeg_of", "record_from_resident", "render_signature", "small_record"]
 
 
 def png_gray(width: int, height: int, seed: int = 0) -> bytes:
     """A real 8-bit grayscale PNG of noise (its size grows with width x height)."""
     raw = random.Random(seed).randbytes(width * height)
     return encode_png_gray(raw, width, height)
+
+
+def jp2_gray(width: int, height: int, seed: int = 0) -> bytes:
+    """A real 8-bit grayscale JPEG 2000 (JP2, lossless) of noise."""
+    return gray_jp2(random.Random(seed).randbytes(width * height), width, height, ratio=None)
 
 
 SMALL_NIK = "3171014501010001"  # a woman born 5 Jan 2001, Jakarta Selatan
@@ -59,14 +65,15 @@ def small_fingers(missing: int | None = 4, side: int = 4) -> dict[int, Fingerpri
 
 
 def small_record(**overrides: object) -> EnrollmentRecord:
-    """A valid record with tiny images (a packet of a couple of kilobytes)."""
+    """A valid record with tiny images (a packet of a couple of kilobytes): PNG fingers (ISO/IEC
+    19794-4 has a code for PNG), JPEG 2000 irises, a JPEG face."""
     values: dict[str, object] = {
         "nik": SMALL_NIK,
         "demographics": small_demographics(),
         "face": FaceImage(jpeg_of(Image.new("RGB", (8, 8), (200, 150, 120)), 50), 8, 8, 90),
         "fingerprints": small_fingers(),
-        "right_iris": IrisImage(png_gray(6, 4, 11), 6, 4, 80),
-        "left_iris": IrisImage(png_gray(6, 4, 12), 6, 4, 81),
+        "right_iris": IrisImage(jp2_gray(6, 4, 11), 6, 4, 80),
+        "left_iris": IrisImage(jp2_gray(6, 4, 12), 6, 4, 81),
         "signature": Signature([[(1, 2, 300), (3, 4, 500)], [(9, 9, 1)]], png_gray(5, 3, 13), 5, 3),
     }
     values.update(overrides)

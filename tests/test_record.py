@@ -1,4 +1,5 @@
-"""The enrollment record: validation naming the field, the binary round trip, no biometrics in repr."""
+"""The enrollment record: validation naming the field, the binary round trip (record version 2,
+and version 1 still read), no biometrics in repr."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.factories import jpeg_of, png_gray, small_demographics, small_fingers, small_record
+from tests.factories import jp2_gray, jpeg_of, png_gray, small_demographics, small_fingers, small_record
+from tests.record_v1 import record_v1_bytes
 from wire.nik import Sex
 from wire.record import (
     MAX_COORD,
@@ -46,10 +48,10 @@ def test_small_record_is_valid_and_counts_its_biometrics() -> None:
     record = small_record()
     assert record.captured_fingers() == 9
     expected = (
-        len(record.face.jpeg)
-        + sum(len(f.png) for f in record.fingerprints.values() if f.png)
-        + len(record.right_iris.png)
-        + len(record.left_iris.png)
+        len(record.face.image)
+        + sum(len(f.image) for f in record.fingerprints.values() if f.image)
+        + len(record.right_iris.image)
+        + len(record.left_iris.image)
         + len(record.signature.png)
         + len(record.signature.strokes_bytes())
     )
@@ -92,18 +94,19 @@ def test_finger_with_an_image_cannot_have_an_exception() -> None:
         ({"quality": -1}, "fingerprints[1].quality"),
         ({"attempts": 0}, "fingerprints[1].attempts"),
         ({"attempts": 256}, "fingerprints[1].attempts"),
-        ({"width": 5}, "fingerprints[1].png"),  # the PNG says 4x4
+        ({"width": 5}, "fingerprints[1].image"),  # the PNG says 4x4
         ({"width": 0}, "fingerprints[1].width"),
-        ({"png": b"\x89PNG not really"}, "fingerprints[1].png"),
-        ({"png": "text"}, "fingerprints[1].png"),
+        ({"image": b"\x89PNG not really"}, "fingerprints[1].image"),
+        ({"image": "text"}, "fingerprints[1].image"),
+        ({"image": jpeg_of(Image.new("L", (4, 4)))}, "fingerprints[1].image"),  # JPEG: not for fingers here
         ({"exception": "lost"}, "fingerprints[1].exception"),
     ],
 )
 def test_fingerprint_fields(kwargs: dict[str, object], field: str) -> None:
-    values: dict[str, object] = {"position": 1, "png": png_gray(4, 4), "width": 4, "height": 4}
+    values: dict[str, object] = {"position": 1, "image": png_gray(4, 4), "width": 4, "height": 4}
     values |= {"quality": 50, "attempts": 1}
     if kwargs.get("exception") is not None:
-        values["png"] = None
+        values["image"] = None
         values["width"] = values["height"] = values["quality"] = 0
     values.update(kwargs)
     _raises(field, Fingerprint, **values)
@@ -114,8 +117,13 @@ def test_png_must_be_8bit_grayscale() -> None:
 
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="PNG")
-    err = _raises("iris.png", IrisImage, buf.getvalue(), 4, 4, 50)
+    err = _raises("iris.image", IrisImage, buf.getvalue(), 4, 4, 50)
     assert "8-bit grayscale" in str(err)
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="JPEG2000")
+    assert "8-bit grayscale" in str(_raises("iris.image", IrisImage, buf.getvalue(), 4, 4, 50))
+    assert IrisImage(jp2_gray(4, 4), 4, 4, 50).width == 4
+    assert "is 4x4 but the record says 5x4" in str(_raises("iris.image", IrisImage, jp2_gray(4, 4), 5, 4, 50))
     buf = io.BytesIO()
     Image.new("1", (4, 4)).save(buf, format="PNG")
     _raises("signature.png", Signature, [[(1, 1, 1)]], buf.getvalue(), 4, 4)
@@ -124,9 +132,9 @@ def test_png_must_be_8bit_grayscale() -> None:
 def test_face_must_be_a_jpeg_of_the_declared_size() -> None:
     jpeg = jpeg_of(Image.new("RGB", (8, 6)))
     assert FaceImage(jpeg, 8, 6, 90).width == 8
-    assert "JPEG is 8x6" in str(_raises("face.jpeg", FaceImage, jpeg, 6, 8, 90))
-    _raises("face.jpeg", FaceImage, png_gray(8, 6), 8, 6, 90)
-    _raises("face.jpeg", FaceImage, b"\xff\xd8\xff\xe0\x00\x10JFIF", 8, 6, 90)  # no SOF
+    assert "jpeg image is 8x6" in str(_raises("face.image", FaceImage, jpeg, 6, 8, 90))
+    _raises("face.image", FaceImage, png_gray(8, 6), 8, 6, 90)
+    _raises("face.image", FaceImage, b"\xff\xd8\xff\xe0\x00\x10JFIF", 8, 6, 90)  # no SOF
     _raises("face.quality", FaceImage, jpeg, 8, 6, 200)
 
 
@@ -200,6 +208,51 @@ def test_record_parts_must_have_their_types() -> None:
 # --- binary round trip -------------------------------------------------------------------
 
 
+V1_RECORD = small_record(
+    right_iris=IrisImage(png_gray(6, 4, 11), 6, 4, 80), left_iris=IrisImage(png_gray(6, 4, 12), 6, 4, 81)
+)
+
+
+def test_version_1_is_still_read() -> None:
+    data = record_v1_bytes(V1_RECORD)
+    assert data[0] == 1
+    assert EnrollmentRecord.from_bytes(data) == V1_RECORD
+    no_fingers = {p: Fingerprint(p, None, 0, 0, 0, 1, FingerException.MISSING) for p in FingerPosition}
+    bare = dataclasses.replace(V1_RECORD, fingerprints=no_fingers)
+    assert EnrollmentRecord.from_bytes(record_v1_bytes(bare)) == bare
+
+
+def test_version_2_refuses_what_its_formats_cannot_carry() -> None:
+    err = _raises("iir.image_format", V1_RECORD.to_bytes)
+    assert "png" in str(err) and "JPEG 2000" in str(err)
+    fingers = small_fingers()
+    fingers[1] = Fingerprint(1, jp2_gray(4, 4), 4, 4, 70, 1)  # one JPEG 2000 finger among PNG ones
+    err = _raises("fir.compression", small_record(fingerprints=fingers).to_bytes)
+    assert "one codec" in str(err)
+    far = Signature([[(40_000, 2, 3)]], png_gray(2, 2), 2, 2)
+    assert "signed 16-bit" in str(_raises("sdi.samples", small_record(signature=far).to_bytes))
+
+
+def test_version_2_blobs_are_interchange_records() -> None:
+    record = small_record()
+    data = record.to_bytes()
+    (meta_len,) = struct.unpack_from(">I", data, 1)
+    (count,) = struct.unpack_from(">H", data, 5 + meta_len)
+    lengths = struct.unpack_from(f">{count}I", data, 7 + meta_len)
+    pos, blobs = 7 + meta_len + 4 * count, []
+    for n in lengths:
+        blobs.append(data[pos : pos + n])
+        pos += n
+    assert [b[:4] for b in blobs] == [b"FAC\x00", b"FIR\x00", b"IIR\x00", b"SDI\x00", b"\x89PNG"]
+    assert blobs == [*record.interchange_records().values(), record.signature.png]
+    meta = json.loads(data[5 : 5 + meta_len])
+    assert set(meta) == {"nik", "demographics", "fingerprints"}  # sizes and qualities live in the records
+    no_fingers = {p: Fingerprint(p, None, 0, 0, 0, 1, FingerException.MISSING) for p in FingerPosition}
+    bare = small_record(fingerprints=no_fingers)
+    assert "finger" not in bare.interchange_records()
+    assert EnrollmentRecord.from_bytes(bare.to_bytes()) == bare
+
+
 def test_round_trip_small() -> None:
     record = small_record()
     data = record.to_bytes()
@@ -210,8 +263,8 @@ def test_round_trip_small() -> None:
 def test_no_base64_the_blobs_are_raw() -> None:
     record = small_record()
     data = record.to_bytes()
-    assert record.face.jpeg in data
-    assert record.right_iris.png in data
+    assert record.face.image in data
+    assert record.right_iris.image in data
     (meta_len,) = struct.unpack_from(">I", data, 1)
     meta = json.loads(data[5 : 5 + meta_len])
     assert meta["nik"] == record.nik
@@ -236,24 +289,19 @@ def _meta_edit(data: bytes, edit: object) -> bytes:
     ("edit", "field"),
     [
         (lambda m: m.pop("nik"), "metadata.nik"),
-        (lambda m: m["face"].update(width="8"), "metadata.face.width"),
-        (lambda m: m["face"].update(width=True), "metadata.face.width"),
         (lambda m: m["demographics"].update(birth_date="5 Jan 2001"), "metadata.demographics.birth_date"),
         (lambda m: m["fingerprints"].pop(), "metadata.fingerprints"),
         (lambda m: m["fingerprints"][2].update(position=7), "metadata.fingerprints[2].position"),
-        (lambda m: m["fingerprints"][3].update(exception=None), "encoding"),  # one blob too few
+        (lambda m: m["fingerprints"][3].update(exception=None), "fir"),  # the finger record lacks it
+        (lambda m: m["fingerprints"][3].update(attempts="3"), "metadata.fingerprints[3].attempts"),
         (
             lambda m: [
                 m["fingerprints"][0].update(exception="missing"),
                 m["fingerprints"][3].update(exception=None),
             ],
-            "fingerprints[1]",
+            "fir",
         ),
-        (
-            lambda m: m["fingerprints"][0].update(exception="missing", width=0, height=0, quality=0),
-            "encoding",
-        ),
-        (lambda m: m.update(irises=[]), "metadata.irises"),
+        (lambda m: [f.update(exception="missing") for f in m["fingerprints"]], "encoding"),  # a blob too many
     ],
 )
 def test_metadata_errors_name_the_field(edit: object, field: str) -> None:
@@ -267,7 +315,7 @@ def test_metadata_errors_name_the_field(edit: object, field: str) -> None:
     ("data", "problem"),
     [
         (b"", "too short"),
-        (b"\x02" + bytes(10), "record version 2"),
+        (b"\x03" + bytes(10), "record version 3, this code reads 1 and 2"),
         (b"\x01\xff\xff\xff\xff" + bytes(10), "metadata length"),
         (b"\x01\x00\x00\x00\x02{}\xff\xff", "blob table"),
         (b"\x01\x00\x00\x00\x02[]\x00\x00", "must be a JSON object"),
@@ -289,14 +337,15 @@ def test_trailing_bytes_after_blobs_are_refused() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_give_invalid_record_only(data: bytes) -> None:
-    with pytest.raises(InvalidRecord):
-        EnrollmentRecord.from_bytes(b"\x01" + data)
+    for version in (b"\x01", b"\x02"):
+        with pytest.raises(InvalidRecord):
+            EnrollmentRecord.from_bytes(version + data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_encodings_give_invalid_record_or_a_record(data: st.DataObject) -> None:
-    good = bytearray(small_record().to_bytes())
+    good = bytearray(data.draw(st.sampled_from([small_record().to_bytes(), record_v1_bytes(V1_RECORD)])))
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(good) - 1))
         good[i] = data.draw(st.integers(0, 255))
@@ -318,7 +367,12 @@ def test_repr_shows_no_biometrics_and_no_personal_data() -> None:
         *record.fingerprints.values(),
     ]
     text += "".join(repr(p) + str(p) for p in parts)
-    for blob in (record.face.jpeg, record.right_iris.png, record.signature.png, record.fingerprints[1].png):
+    for blob in (
+        record.face.image,
+        record.right_iris.image,
+        record.signature.png,
+        record.fingerprints[1].image,
+    ):
         assert blob is not None
         assert repr(blob)[2:40] not in text
         assert repr(blob[:8]) not in text

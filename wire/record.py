@@ -2,11 +2,19 @@
 
 Every class validates itself on construction and raises ``InvalidRecord`` naming the
 field at fault. ``EnrollmentRecord.to_bytes()`` is the packet's plaintext body: a small
-JSON metadata block followed by the raw image blobs with their lengths (never base64),
+JSON metadata block followed by the binary blobs with their lengths (never base64),
 drawn in docs/protocol.md ("The enrollment packet")::
 
     u8 record_version | u32 meta_len | meta (UTF-8 JSON) | u16 blob_count
     | blob_count x u32 blob_len | blobs, concatenated          (all big-endian)
+
+Version 2 (written since issue 15) carries the biometrics as ISO/IEC 19794 interchange
+records (``wire.iso19794``): a face record, a finger record, an iris record of both eyes and a
+signature time series, then the rendered signature PNG; the metadata keeps what those formats
+have no field for (NIK, demographics, each finger's attempts and exception, the capture
+block). Version 1 (the kiosk's own layout: PNG fingers and irises, the camera's JPEG, each
+with its size and quality in the metadata) is still read, so a kiosk's older packets and
+exports keep opening at the centre.
 
 No ``repr`` here ever shows biometric bytes or strokes (they must never reach logs), and
 personal data (NIK, name, address) is masked too.
@@ -28,9 +36,13 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from wire import iso19794
+from wire.image_codec import BadImage, Codec, image_info
+from wire.iso19794 import ImageView, InterchangeError
 from wire.nik import InvalidNik, Sex, validate_nik
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # what to_bytes writes
+READ_VERSIONS = (1, 2)
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 MAX_BLOB_BYTES = 16 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
@@ -41,9 +53,6 @@ MAX_STROKES = 10_000
 MAX_STROKE_POINTS = 65_535
 MAX_COORD = 65_535
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_GRAY = 0
-_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 Point = tuple[int, int, int]  # x, y, pressure in the pad's units
 
@@ -111,9 +120,9 @@ class Demographics:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class FaceImage:
-    """The face photo: JPEG bytes as the camera gave them, with size and quality (0..100)."""
+    """The face photo: JPEG (or JPEG 2000) bytes, with size and quality (0..100)."""
 
-    jpeg: bytes
+    image: bytes
     width: int
     height: int
     quality: int
@@ -121,18 +130,21 @@ class FaceImage:
     def __post_init__(self) -> None:
         _check_dims("face", self.width, self.height)
         _check_int("face.quality", self.quality, 0, 100)
-        _check_jpeg("face.jpeg", self.jpeg, self.width, self.height)
+        _check_image("face.image", self.image, self.width, self.height, FACE_CODECS, gray=False)
 
     def __repr__(self) -> str:
-        return f"FaceImage({self.width}x{self.height}, quality={self.quality}, jpeg=<{len(self.jpeg)} bytes>)"
+        return (
+            f"FaceImage({self.width}x{self.height}, quality={self.quality}, image=<{len(self.image)} bytes>)"
+        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Fingerprint:
-    """One finger: a PNG (8-bit grayscale) or, when there is none, the exception reason."""
+    """One finger: an 8-bit grayscale image (JPEG 2000, or PNG in version 1) or, when there is
+    none, the exception reason."""
 
     position: FingerPosition
-    png: bytes | None
+    image: bytes | None
     width: int
     height: int
     quality: int
@@ -157,7 +169,7 @@ class Fingerprint:
                 ) from None
         _check_int(f"{field}.attempts", self.attempts, 0, MAX_ATTEMPTS)
         _check_int(f"{field}.quality", self.quality, 0, 100)
-        if self.png is None:
+        if self.image is None:
             if self.exception is None:
                 raise InvalidRecord(
                     f"{field}.exception", "a finger without an image needs an exception reason"
@@ -170,21 +182,21 @@ class Fingerprint:
             if self.attempts < 1:
                 raise InvalidRecord(f"{field}.attempts", "a captured finger took at least one attempt")
             _check_dims(field, self.width, self.height)
-            _check_png_gray(f"{field}.png", self.png, self.width, self.height)
+            _check_image(f"{field}.image", self.image, self.width, self.height, GRAY_CODECS, gray=True)
 
     def __repr__(self) -> str:
-        if self.png is None:
+        if self.image is None:
             what = f"exception={self.exception.value if self.exception else None!r}"
         else:
-            what = f"{self.width}x{self.height}, quality={self.quality}, png=<{len(self.png)} bytes>"
+            what = f"{self.width}x{self.height}, quality={self.quality}, image=<{len(self.image)} bytes>"
         return f"Fingerprint({self.position.name}, {what}, attempts={self.attempts})"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class IrisImage:
-    """One eye: PNG of 8-bit grayscale with its size and quality (0..100)."""
+    """One eye: 8-bit grayscale (JPEG 2000, or PNG in version 1) with its size and quality (0..100)."""
 
-    png: bytes
+    image: bytes
     width: int
     height: int
     quality: int
@@ -192,10 +204,12 @@ class IrisImage:
     def __post_init__(self) -> None:
         _check_dims("iris", self.width, self.height)
         _check_int("iris.quality", self.quality, 0, 100)
-        _check_png_gray("iris.png", self.png, self.width, self.height)
+        _check_image("iris.image", self.image, self.width, self.height, GRAY_CODECS, gray=True)
 
     def __repr__(self) -> str:
-        return f"IrisImage({self.width}x{self.height}, quality={self.quality}, png=<{len(self.png)} bytes>)"
+        return (
+            f"IrisImage({self.width}x{self.height}, quality={self.quality}, image=<{len(self.image)} bytes>)"
+        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -210,7 +224,7 @@ class Signature:
     def __post_init__(self) -> None:
         object.__setattr__(self, "strokes", _normalise_strokes(self.strokes))
         _check_dims("signature", self.width, self.height)
-        _check_png_gray("signature.png", self.png, self.width, self.height)
+        _check_image("signature.png", self.png, self.width, self.height, {Codec.PNG}, gray=True)
 
     def strokes_bytes(self) -> bytes:
         """The strokes' binary encoding: u16 count, then per stroke u16 n and n x (x, y, p) u16."""
@@ -296,11 +310,15 @@ class EnrollmentRecord:
 
     def captured_fingers(self) -> int:
         """How many of the ten fingers have an image."""
-        return sum(1 for f in self.fingerprints.values() if f.png is not None)
+        return sum(1 for f in self.fingerprints.values() if f.image is not None)
 
     def to_bytes(self) -> bytes:
-        """The binary encoding (the packet's plaintext body)."""
-        blobs = list(self._blobs())
+        """The binary encoding (the packet's plaintext body), record version 2.
+
+        :raises InvalidRecord: an image in a codec its interchange format has no code for (a
+            PNG iris, fingers in two codecs): compress the record first (agent.compression)
+        """
+        blobs = self._interchange_blobs()
         meta = json.dumps(self._metadata(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
         meta_bytes = meta.encode("utf-8")
         parts = [
@@ -313,36 +331,65 @@ class EnrollmentRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EnrollmentRecord:
-        """Decode ``to_bytes``; raises InvalidRecord (never anything else) on bad input."""
+        """Decode ``to_bytes`` of version 2, or of version 1; raises InvalidRecord (never anything
+        else) on bad input."""
         return _decode(bytes(data))
 
+    def interchange_records(self) -> dict[str, bytes]:
+        """The ISO/IEC 19794 records of this enrollment, by part: "face" (19794-5), "finger"
+        (19794-4, absent when no finger was captured), "iris" (19794-6), "signature" (19794-7).
+
+        :raises InvalidRecord: as ``to_bytes``
+        """
+        views = [
+            ImageView(int(pos), f.quality, f.width, f.height, f.image)
+            for pos, f in self.fingerprints.items()
+            if f.image is not None
+        ]
+        face = ImageView(0, self.face.quality, self.face.width, self.face.height, self.face.image)
+        right, left = (
+            ImageView(eye, i.quality, i.width, i.height, i.image)
+            for eye, i in ((iso19794.EYE_RIGHT, self.right_iris), (iso19794.EYE_LEFT, self.left_iris))
+        )
+        try:
+            out = {"face": iso19794.face_record(face, sex=self.demographics.sex.value)}
+            if views:
+                out["finger"] = iso19794.finger_record(views)
+            out["iris"] = iso19794.iris_record(right, left)
+            out["signature"] = iso19794.signature_record(self.signature.strokes)
+        except InterchangeError as exc:
+            raise InvalidRecord(exc.field, exc.problem) from None
+        return out
+
+    def _interchange_blobs(self) -> list[bytes]:
+        # The blob table of version 2 (docs/protocol.md, "Record version 2").
+        records = self.interchange_records()
+        blobs = [records["face"]]
+        if "finger" in records:
+            blobs.append(records["finger"])
+        return [*blobs, records["iris"], records["signature"], self.signature.png]
+
     def _blobs(self) -> Iterator[bytes]:
-        # The order here is the blob table's order (docs/protocol.md ("The enrollment packet")).
-        yield self.face.jpeg
+        yield self.face.image
         for pos in FingerPosition:
-            png = self.fingerprints[pos].png
-            if png is not None:
-                yield png
-        yield self.right_iris.png
-        yield self.left_iris.png
+            image = self.fingerprints[pos].image
+            if image is not None:
+                yield image
+        yield self.right_iris.image
+        yield self.left_iris.image
         yield self.signature.png
         yield self.signature.strokes_bytes()
 
     def _metadata(self) -> dict[str, Any]:
         d = self.demographics
-        fingers = []
-        for pos in FingerPosition:
-            f = self.fingerprints[pos]
-            fingers.append(
-                {
-                    "position": int(pos),
-                    "width": f.width,
-                    "height": f.height,
-                    "quality": f.quality,
-                    "attempts": f.attempts,
-                    "exception": f.exception.value if f.exception else None,
-                }
-            )
+        fingers = [
+            {
+                "position": int(pos),
+                "attempts": self.fingerprints[pos].attempts,
+                "exception": (e.value if (e := self.fingerprints[pos].exception) else None),
+            }
+            for pos in FingerPosition
+        ]
         return {
             "nik": self.nik,
             "demographics": {
@@ -356,16 +403,8 @@ class EnrollmentRecord:
                 "occupation": d.occupation,
                 "nationality": d.nationality,
             },
-            "face": {"width": self.face.width, "height": self.face.height, "quality": self.face.quality},
             "fingerprints": fingers,
-            "irises": {
-                "right": {"width": self.right_iris.width, "height": self.right_iris.height,
-                          "quality": self.right_iris.quality},
-                "left": {"width": self.left_iris.width, "height": self.left_iris.height,
-                         "quality": self.left_iris.quality},
-            },
-            "signature": {"width": self.signature.width, "height": self.signature.height},
-        } | ({} if self.capture is None else {"capture": dict(self.capture)})  # fmt: skip
+        } | ({} if self.capture is None else {"capture": dict(self.capture)})
 
     def __repr__(self) -> str:
         return (
@@ -443,43 +482,32 @@ def _check_blob(field: str, blob: object) -> bytes:
     return blob
 
 
-def _check_png_gray(field: str, blob: object, width: int, height: int) -> None:
-    """The PNG signature and IHDR: 8-bit grayscale of the declared size (pixels are not decoded)."""
-    data = _check_blob(field, blob)
-    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise InvalidRecord(field, "not a PNG (no PNG signature and IHDR chunk)")
-    w, h, depth, colour = struct.unpack_from(">IIBB", data, 16)
-    if (depth, colour) != (8, _PNG_GRAY):
-        raise InvalidRecord(field, f"must be 8-bit grayscale, got bit depth {depth} colour type {colour}")
-    if (w, h) != (width, height):
-        raise InvalidRecord(field, f"PNG is {w}x{h} but the record says {width}x{height}")
+GRAY_CODECS = frozenset({Codec.PNG, Codec.JPEG2000})
+FACE_CODECS = frozenset({Codec.JPEG, Codec.JPEG2000})
 
 
-def _check_jpeg(field: str, blob: object, width: int, height: int) -> None:
-    """The JPEG markers up to the frame header: SOI, then a SOFn of the declared size."""
+def _check_image(
+    field: str, blob: object, width: int, height: int, codecs: frozenset[Codec] | set[Codec], *, gray: bool
+) -> None:
+    """The image's headers (nothing is decoded): a codec of ``codecs``, 8 bits, the declared size,
+    one component when ``gray``."""
     data = _check_blob(field, blob)
-    if not data.startswith(b"\xff\xd8\xff"):
-        raise InvalidRecord(field, "not a JPEG (no SOI marker)")
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (seg_len,) = struct.unpack_from(">H", data, pos + 2)
-        if marker in _JPEG_SOF:
-            if pos + 9 > len(data):
-                break
-            h, w = struct.unpack_from(">HH", data, pos + 5)
-            if (w, h) != (width, height):
-                raise InvalidRecord(field, f"JPEG is {w}x{h} but the record says {width}x{height}")
-            return
-        if marker == 0xDA or seg_len < 2:
-            break
-        pos += 2 + seg_len
-    raise InvalidRecord(field, "JPEG has no readable frame header (SOF)")
+    try:
+        info = image_info(data)
+    except BadImage as exc:
+        raise InvalidRecord(field, str(exc)) from None
+    if info.codec not in codecs:
+        allowed = " or ".join(sorted(c.value for c in codecs))
+        raise InvalidRecord(field, f"a {info.codec.value} image where {allowed} is expected")
+    if gray and (info.components, info.bits) != (1, 8):
+        raise InvalidRecord(
+            field, f"must be 8-bit grayscale, got {info.components} components of {info.bits} bits"
+        )
+    if (info.width, info.height) != (width, height):
+        raise InvalidRecord(
+            field,
+            f"the {info.codec.value} image is {info.width}x{info.height} but the record says {width}x{height}",
+        )
 
 
 def _normalise_strokes(strokes: object) -> tuple[tuple[Point, ...], ...]:
@@ -581,8 +609,10 @@ def _decode(data: bytes) -> EnrollmentRecord:
     if len(data) < 5:
         raise InvalidRecord("encoding", "too short for the record header")
     version, meta_len = struct.unpack_from(">BI", data, 0)
-    if version != RECORD_VERSION:
-        raise InvalidRecord("encoding", f"record version {version}, this code reads {RECORD_VERSION}")
+    if version not in READ_VERSIONS:
+        raise InvalidRecord(
+            "encoding", f"record version {version}, this code reads {' and '.join(map(str, READ_VERSIONS))}"
+        )
     if meta_len > MAX_META_BYTES or 5 + meta_len + 2 > len(data):
         raise InvalidRecord("encoding", f"metadata length {meta_len} exceeds the data")
     try:
@@ -604,22 +634,16 @@ def _decode(data: bytes) -> EnrollmentRecord:
     for n in lengths:
         blobs.append(data[pos : pos + n])
         pos += n
-    return _from_metadata(_Reader(meta, "metadata"), blobs)
+    if version == 1:
+        return _from_metadata_v1(_Reader(meta, "metadata"), blobs)
+    return _from_interchange(_Reader(meta, "metadata"), blobs)
 
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not allowed")
 
 
-def _from_metadata(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
-    queue = iter(blobs)
-
-    def take(field: str) -> bytes:
-        try:
-            return next(queue)
-        except StopIteration:
-            raise InvalidRecord(field, "its blob is missing from the blob table") from None
-
+def _demographics(meta: _Reader) -> Demographics:
     dm = meta.sub("demographics")
     try:
         birth = dt.date.fromisoformat(dm.get_str("birth_date"))
@@ -636,6 +660,78 @@ def _from_metadata(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
         occupation=dm.get_str("occupation"),
         nationality=dm.get_str("nationality"),
     )
+    return demographics
+
+
+def _from_interchange(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
+    """Version 2: the face, finger, iris and signature records, then the signature PNG."""
+    entries = meta.get_list("fingerprints")
+    if len(entries) != 10:
+        raise InvalidRecord("metadata.fingerprints", f"must list ten fingers, got {len(entries)}")
+    readers = [_Reader(entry, f"metadata.fingerprints[{i}]") for i, entry in enumerate(entries)]
+    captured = {i + 1 for i, fr in enumerate(readers) if fr.get_opt_str("exception") is None}
+    expected = 5 if captured else 4
+    if len(blobs) != expected:
+        raise InvalidRecord(
+            "encoding", f"the metadata describes {expected} blobs, the table has {len(blobs)}"
+        )
+    demographics = _demographics(meta)
+    try:
+        face_view = iso19794.read_face_record(blobs[0])
+        finger_views = iso19794.read_finger_record(blobs[1]) if captured else []
+        right_view, left_view = iso19794.read_iris_record(blobs[-3])
+        strokes = iso19794.read_signature_record(blobs[-2])
+    except InterchangeError as exc:
+        raise InvalidRecord(exc.field, exc.problem) from None
+    by_position = {v.position: v for v in finger_views}
+    if len(by_position) != len(finger_views) or set(by_position) != captured:
+        raise InvalidRecord(
+            "fir",
+            f"holds fingers {sorted(v.position for v in finger_views)}, the metadata captured {sorted(captured)}",
+        )
+    fingers: dict[int, Fingerprint] = {}
+    for i, fr in enumerate(readers):
+        position = fr.get_int("position")
+        if position != i + 1:
+            raise InvalidRecord(f"metadata.fingerprints[{i}].position", f"must be {i + 1}, got {position}")
+        view = by_position.get(position)
+        fingers[position] = Fingerprint(
+            position=FingerPosition(position),
+            image=None if view is None else view.image,
+            width=0 if view is None else view.width,
+            height=0 if view is None else view.height,
+            quality=0 if view is None else view.quality,
+            attempts=fr.get_int("attempts"),
+            exception=fr.get_opt_str("exception"),  # type: ignore[arg-type]  # checked by Fingerprint
+        )
+    sig_png = blobs[-1]
+    try:
+        sig_info = image_info(sig_png)
+    except BadImage as exc:
+        raise InvalidRecord("signature.png", str(exc)) from None
+    return EnrollmentRecord(
+        nik=meta.get_str("nik"),
+        demographics=demographics,
+        face=FaceImage(face_view.image, face_view.width, face_view.height, face_view.quality),
+        fingerprints=fingers,
+        right_iris=IrisImage(right_view.image, right_view.width, right_view.height, right_view.quality),
+        left_iris=IrisImage(left_view.image, left_view.width, left_view.height, left_view.quality),
+        signature=Signature(strokes, sig_png, sig_info.width, sig_info.height),
+        capture=meta.obj.get("capture"),  # type: ignore[arg-type]  # checked by EnrollmentRecord
+    )
+
+
+def _from_metadata_v1(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
+    """Version 1: sizes and qualities in the metadata, the raw image blobs in the table."""
+    queue = iter(blobs)
+
+    def take(field: str) -> bytes:
+        try:
+            return next(queue)
+        except StopIteration:
+            raise InvalidRecord(field, "its blob is missing from the blob table") from None
+
+    demographics = _demographics(meta)
     entries = meta.get_list("fingerprints")
     if len(entries) != 10:
         raise InvalidRecord("metadata.fingerprints", f"must list ten fingers, got {len(entries)}")
@@ -653,10 +749,10 @@ def _from_metadata(meta: _Reader, blobs: list[bytes]) -> EnrollmentRecord:
         if position != i + 1:
             raise InvalidRecord(f"metadata.fingerprints[{i}].position", f"must be {i + 1}, got {position}")
         exception = fr.get_opt_str("exception")
-        png = None if exception is not None else take(f"fingerprints[{position}]")
+        image = None if exception is not None else take(f"fingerprints[{position}]")
         fingers[position] = Fingerprint(
             position=FingerPosition(position),
-            png=png,
+            image=image,
             width=fr.get_int("width"),
             height=fr.get_int("height"),
             quality=fr.get_int("quality"),
