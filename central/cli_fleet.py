@@ -61,7 +61,7 @@ def human_bytes(n: int | None) -> str | None:
 # ----------------------------------------------------------------------------- packets
 
 
-@main.command("packets")
+@main.group("packets", invoke_without_command=True)
 @click.option("--kiosk", "kiosk", metavar="ID", help="Only this kiosk's packets.")
 @click.option(
     "--since",
@@ -70,9 +70,12 @@ def human_bytes(n: int | None) -> str | None:
 )
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the N newest received.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@pass_ctx
-def packets_cmd(ctx: Context, kiosk: str | None, since: str | None, limit: int | None, as_json: bool) -> None:
-    """List the stored packets by kiosk and seq (ids, sizes and times; never content).
+@click.pass_context
+def packets_group(
+    click_ctx: click.Context, kiosk: str | None, since: str | None, limit: int | None, as_json: bool
+) -> None:
+    """List the stored packets by kiosk and seq (ids, sizes and times; never content);
+    `packets export` writes their biometrics as ISO/IEC 19794 files.
 
     JSON: a list of objects with packet_id, kiosk, seq, created_at, received_at, bytes,
     source, synthetic.
@@ -81,7 +84,11 @@ def packets_cmd(ctx: Context, kiosk: str | None, since: str | None, limit: int |
     Examples:
       ektp-central --config central.toml packets --kiosk 320715-01 --since 2h
       ektp-central --config central.toml packets --limit 10 --json
+      ektp-central --config central.toml packets export --format iso19794 --kiosk 320715-01 --since 7d --to /srv/abis-import
     """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
     from central.store import StoreInputError
 
     if kiosk is not None:

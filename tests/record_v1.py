@@ -54,3 +54,18 @@ def record_v1_bytes(record: EnrollmentRecord) -> bytes:
     meta_bytes = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     table = struct.pack(f">H{len(blobs)}I", len(blobs), *(len(b) for b in blobs))
     return struct.pack(">BI", 1, len(meta_bytes)) + meta_bytes + table + b"".join(blobs)
+
+
+class _RecordV1(EnrollmentRecord):
+    """An enrollment record that encodes itself in the version 1 layout (an older kiosk's)."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        return record_v1_bytes(self)
+
+
+def as_version_1(record: EnrollmentRecord) -> EnrollmentRecord:
+    """``record`` as an older kiosk sealed it: ``wire.packet.seal`` writes its version 1 bytes."""
+    fields = {f: getattr(record, f) for f in record.__dataclass_fields__}
+    return _RecordV1(**fields)
