@@ -89,7 +89,7 @@ DEFAULT_REGIONS = (
     "530104",
 )  # Kemendagri codes (prov, regency, district)
 DEFAULT_CHUNK_BYTES = (
-    65536  # a 250 KB packet crosses as 4 chunks, as on a kiosk's link before it measures a rate
+    65536  # a 90 KB packet crosses as 2 chunks, as on a kiosk's link before it measures a rate
 )
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
