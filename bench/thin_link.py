@@ -11,14 +11,24 @@ tree with its SQLite store, connected straight to the broker. The run lasts ``--
 seconds; the centre's store is then read.
 
 Figures: ``goodput_fraction`` = bytes of whole packets the centre holds / (rate x time the
-link was up); ``goodput_fraction_wall`` the same over rate x wall time. Lost (freed on the
+link was up); ``goodput_fraction_wall`` the same over rate x wall time;
+``enrollments_per_hour`` = whole packets in the centre's store per hour of the run's wall time
+(``enrollments_per_hour_up`` per hour of the time the link was up). Lost (freed on the
 kiosk, not at the centre), duplicated and unknown packets must be 0: exit 1 otherwise.
+
+The packets are sealed synthetic residents of ``agent.synthetic``: record version 2 (about
+90 KB with 4-bit fingers, JPEG 2000 fingers and irises). ``--record-version 1`` seals the
+records as version 1 sent them instead (PNG fingers and irises, the camera's JPEG: about
+250 KB), for the figure before the compression; the centre still reads version 1. Without
+``--packets`` the kiosk gets enough packets of the size one of them seals to never run out.
+
 Goals (a measurement: a missed goal does not change the exit status):
 >= 0.6 at 64 kbit/s with a cut every 30 s; >= 0.85 at 128 kbit/s with a cut every 60 s.
 
     .venv/bin/python bench/thin_link.py                                   # 64 kbit/s, cut every 30 s, 4 min
     .venv/bin/python bench/thin_link.py --rate-kbit 128 --cut-every 60    # the second goal
     .venv/bin/python bench/thin_link.py --rate-kbit 1000 --cut-every 20 --duration 60   # a quick check
+    .venv/bin/python bench/thin_link.py --record-version 1                # before the compression
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -26,8 +36,10 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import shutil
 import signal
 import sys
@@ -37,8 +49,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import tests.thinkit
+from agent.config import AgentConfig
+from agent.synthetic import SyntheticRecords, record_from_resident
+from hw_sim.residents import synthetic_resident
 from tests.netkit import mosquitto_binary
+from tests.record_v1 import record_v1_bytes
 from tests.thinkit import ThinRun, ThinSettings
+from wire.packet import seal
+from wire.record import EnrollmentRecord
 
 # (rate kbit/s, cut every s) -> the goodput fraction the resumable sync must reach there
 GOALS = {(64.0, 30.0): 0.6, (128.0, 60.0): 0.85}
@@ -58,7 +77,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--packets",
         type=int,
         default=None,
-        help="packets committed before the run (default: enough never to run out)",
+        help="packets committed before the run (default: the capacity over the run in packets of the measured size x 1.25, plus a window)",
     )
     p.add_argument("--chunk-bytes", type=int, default=None, help="the kiosk's [mqtt] chunk_bytes")
     p.add_argument(
@@ -72,6 +91,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="another [mqtt] key of the kiosk, e.g. reconnect_max_s=2 (repeatable; default: the agent's)",
     )
     p.add_argument("--seed", type=int, default=1, help="first synthetic resident (default 1)")
+    p.add_argument(
+        "--record-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2: the kiosk's records (compressed, ~90 KB); 1: as version 1 sent them (~250 KB) (default 2)",
+    )
     p.add_argument("--dir", default=None, help="where to put the run's temp dir (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores) and print its path")
     p.add_argument("--json-only", action="store_true", help="print only the JSON object on stdout")
@@ -105,6 +131,46 @@ def _key_value(item: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+class _RecordV1(EnrollmentRecord):
+    """A record whose packet body is the version 1 layout (its images as version 1 sent them)."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        return record_v1_bytes(self)
+
+
+class _SyntheticRecordsV1(SyntheticRecords):
+    """``agent.synthetic.SyntheticRecords`` with uncompressed images sealed as record version 1."""
+
+    def record(self, seed: int) -> EnrollmentRecord:
+        slot = seed % self.pool_size
+        if slot not in self._pool:
+            plain = record_from_resident(synthetic_resident(slot + 1_000_000), compressed=False)
+            fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)}
+            self._pool[slot] = _RecordV1(**fields)
+        return super().record(seed)
+
+
+def _packet_bytes(record_version: int, seed: int) -> int:
+    """The size of one sealed packet of the records the run commits (throwaway keys)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    records = _SyntheticRecordsV1(pool_size=1) if record_version == 1 else SyntheticRecords(pool_size=1)
+    sealed = seal(
+        records.record(seed), kiosk_id="320715-01", seq=1, kiosk_key=Ed25519PrivateKey.generate(),
+        central_public=X25519PrivateKey.generate().public_key(), clock_synced=True,
+    )  # fmt: skip
+    return len(sealed.data)
+
+
+def _default_packets(args: argparse.Namespace, packet_bytes: int) -> int:
+    """Enough packets never to run out: the link's capacity over the run x 1.25, plus a window."""
+    window = args.window or AgentConfig().mqtt.window
+    return math.ceil(args.rate_kbit * 1000 / 8 * args.duration / packet_bytes * 1.25) + window
+
+
 def _raise_on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -123,6 +189,8 @@ def _summary(fig: dict[str, Any]) -> list[str]:
         f"  centre holds {fig['packets_stored']} of {fig['packets_committed']} packets, "
         f"{fig['stored_bytes'] / 1e3:.1f} KB; link capacity {fig['capacity_bytes'] / 1e3:.1f} KB up-time, "
         f"{fig['capacity_bytes_wall'] / 1e3:.1f} KB wall",
+        f"  {fig['enrollments_per_hour']} enrollments per hour of wall time "
+        f"({fig['enrollments_per_hour_up']} per hour of link-up time), record version {fig['record_version']}",
         f"  goodput {fig['goodput_fraction']} of the up-time capacity, {fig['goodput_fraction_wall']} of wall"
         + (
             f" (goal >= {goal}: {'met' if fig['goal_met'] else 'NOT met'})"
@@ -144,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     mosquitto_binary()  # fail early, with the install hint, when there is no broker binary
+    packet_bytes = _packet_bytes(args.record_version, args.seed)
+    if args.packets is None:
+        args.packets = _default_packets(args, packet_bytes)
+    if args.record_version == 1:
+        tests.thinkit.SyntheticRecords = _SyntheticRecordsV1  # type: ignore[misc]  # the kiosk's commit
     settings = ThinSettings(
         rate_kbit=args.rate_kbit,
         cut_every_s=args.cut_every,
@@ -172,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    fig["record_version"] = args.record_version
+    hours, up_hours = fig["elapsed_s"] / 3600, fig["up_s"] / 3600
+    fig["enrollments_per_hour"] = round(fig["packets_stored"] / hours, 1) if hours else None
+    fig["enrollments_per_hour_up"] = round(fig["packets_stored"] / up_hours, 1) if up_hours else None
     goal = goal_for(args.rate_kbit, args.cut_every)
     fig["goal"] = goal
     fig["goal_met"] = (
