@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto system-packages deb deb-packages run test lint typecheck pytest bench chaos mutation timings clean
+.PHONY: all setup mosquitto system-packages deb deb-packages deb-test run test lint typecheck pytest bench chaos mutation timings clean
 
 all: test
 
@@ -38,7 +38,7 @@ mosquitto: system-packages
 system-packages:
 	@$(call install-missing,$(SYSTEM_PACKAGES),$(SYSTEM_COMMANDS))
 
-# Debian's packaging tools, for `make deb` only (tests/test_deb.py runs it).
+# Debian's packaging tools, for `make deb` only (`make deb-test` runs it).
 DEB_PACKAGES := debhelper dh-virtualenv dpkg-dev python3-venv lintian
 DEB_COMMANDS := dh dh_virtualenv dpkg-buildpackage lintian
 
@@ -69,8 +69,7 @@ DEB_DIR     ?= build/deb
 DEB_VERSION ?= $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
 
-# LINTIAN=0 skips lintian (about 1.5 minutes): tests/test_deb.py in `make test` builds without it;
-# `make deb` and `make bench` run it.
+# LINTIAN=0 skips lintian (about 1.5 minutes); `make deb`, `make deb-test` and `make bench` run it.
 LINTIAN ?= 1
 deb: deb-packages
 	@rm -rf $(DEB_DIR)/src && mkdir -p $(DEB_DIR)/src && rm -f $(DEB_DIR)/ektp-*_$(DEB_VERSION)_*
@@ -104,7 +103,18 @@ pytest: setup
 	$(VENV)/bin/pytest -q --basetemp=$$tmp $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) \
 	  && rm -rf $$tmp || { echo "test files kept in $$tmp"; exit 1; }
 
+# `make test` checks the Debian packaging without building it (tests/test_deb.py, seconds);
+# the build, install, upgrade and purge of both packages is `make deb-test` (minutes, root).
 test: setup lint typecheck pytest
+
+# `make deb-test`: the full cycle of the Debian packages (tests/deb_cycle/test_deb_cycle.py, as
+# root, about 4 minutes with lintian): `make deb` builds both, each is installed with dpkg -i,
+# checked, upgraded with a packet pending, removed and purged. `make bench` runs it; `make test`
+# does not (tests/conftest.py leaves the folder out of a plain pytest run).
+deb-test: setup deb-packages
+	@tmp=$$(mktemp -d /tmp/ektp-deb-test.XXXXXX) && \
+	EKTP_DEB_LINTIAN=$(LINTIAN) $(VENV)/bin/pytest -q --basetemp=$$tmp tests/deb_cycle \
+	  && rm -rf $$tmp || { echo "test files kept in $$tmp"; exit 1; }
 
 # On a terminal the demo runs until Ctrl-C; without one it stops by itself after 60 s.
 # Options go through ARGS, e.g. make run ARGS="--duration 120 --cut-after 10".
@@ -112,7 +122,8 @@ run: setup
 	$(PY) -m demo $(ARGS)
 
 # The figures of docs/benchmarks.md (about 35 minutes; slow_link needs root for its namespace;
-# fleet_scale needs the PostgreSQL of $EKTP_TEST_PG).
+# fleet_scale needs the PostgreSQL of $EKTP_TEST_PG), then the Debian packages' full cycle
+# (`make deb-test`: built with lintian, installed, upgraded, purged; root).
 bench: setup
 	$(PY) bench/store_commit.py
 	$(PY) bench/drain_reader.py
@@ -126,7 +137,7 @@ bench: setup
 	$(PY) bench/metrics_render.py
 	$(PY) bench/fleet_scale.py
 	$(PY) bench/timings.py
-	$(MAKE) deb
+	$(MAKE) deb-test
 
 # The full chaos runs of docs/reliability.md (about 25 minutes).
 chaos: setup

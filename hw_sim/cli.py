@@ -86,6 +86,14 @@ def main(ctx: click.Context, sim_dir: Path | None) -> None:
     "--throttle", is_flag=True, help="Serial links run at their real baud rate (slow image uploads)."
 )
 @click.option(
+    "--instant-pen",
+    is_flag=True,
+    envvar="EKTP_SIM_INSTANT_PEN",
+    help="The signature pad streams a signature at once instead of at the pen's pace (~133 reports/s,"
+    " a second or two per signature): for tests and load runs. Also EKTP_SIM_INSTANT_PEN=1, which the"
+    " simulator that `ektp-agent run --simulate` starts inherits from the service.",
+)
+@click.option(
     "--owner-pid",
     type=click.IntRange(min=1),
     hidden=True,
@@ -93,7 +101,12 @@ def main(ctx: click.Context, sim_dir: Path | None) -> None:
 )
 @click.pass_context
 def run(
-    ctx: click.Context, devices: tuple[str, ...], seed: int, throttle: bool, owner_pid: int | None
+    ctx: click.Context,
+    devices: tuple[str, ...],
+    seed: int,
+    throttle: bool,
+    instant_pen: bool,
+    owner_pid: int | None,
 ) -> None:
     """Run the simulated peripherals until SIGTERM or Ctrl-C."""
     server = SimServer(
@@ -101,6 +114,7 @@ def run(
         devices or DEVICES,
         seed=seed,
         throttle=throttle,
+        instant_pen=instant_pen,
         skip_unavailable=not devices,
         owner_pid=owner_pid,
     )

@@ -107,6 +107,7 @@ class SimServer:
         *,
         seed: int = 1,
         throttle: bool = False,
+        instant_pen: bool = False,
         skip_unavailable: bool = False,
         owner_pid: int | None = None,
     ) -> None:
@@ -116,6 +117,7 @@ class SimServer:
         self.sim_dir = Path(sim_dir)
         self.requested = tuple(devices)
         self.throttle = throttle
+        self.instant_pen = instant_pen  # the pad streams a signature at once, not at the pen's pace
         self.skip_unavailable = skip_unavailable
         self.owner_pid = owner_pid  # the service that started it and that it dies with; None: by hand
         self.faults = FaultBoard()
@@ -285,6 +287,8 @@ class SimServer:
         kwargs: dict[str, Any] = {}
         if self.throttle and name in ("fingerprint", "signature"):
             kwargs["throttle"] = True
+        if self.instant_pen and name == "signature":
+            kwargs["instant"] = True
         device = cls(self.sim_dir, self.faults, self.desk, **kwargs)
         device.start()
         self.devices[name] = device

@@ -29,7 +29,17 @@ def script(name: str) -> str:
 
 
 class Kit:
-    """One kiosk and one centre, configured in ``root``, talking to a broker on ``port``."""
+    """One kiosk and one centre, configured in ``root``, talking to a broker on ``port``.
+
+    ``instant_pen``: the simulator that `ektp-agent run --simulate` starts streams a signature
+    at once (EKTP_SIM_INSTANT_PEN=1, `ektp-sim run --instant-pen`) rather than at the pen's
+    real pace (a second or two per resident). Most tests enroll residents for what follows
+    (delivery, kills, faults), not for the pad's pace, so it is on by default; a test where the
+    pace matters sets it False (tests/chaos/test_chaos.py's R1, whose kills land within an
+    enrollment's real duration). The demo (tests/test_demo.py) and the pad's own tests
+    (tests/drivers/test_signature_device.py) run the pad at the real pace too."""
+
+    instant_pen = True
 
     def __init__(
         self,
@@ -105,13 +115,14 @@ class Kit:
         if args[:1] == ("--config",):
             conf, args = Path(args[1]), args[2:]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it
+        pen = {"EKTP_SIM_INSTANT_PEN": "1" if self.instant_pen else "0"} if tool == "ektp-agent" else {}
         try:
             p = subprocess.Popen(
                 [*prefix, script(tool), "--config", str(conf), *args],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **pen, **(env or {})},
             )
         finally:
             log.close()

@@ -56,6 +56,8 @@ def test_enroll_sync_and_the_centre_holds_them(kit: tuple[Kit, Broker]) -> None:
     k.start_agent()
     receipts = k.enroll(4)
     assert [r["seq"] for r in receipts] == [1, 2, 3, 4]
+    # the service handed its simulator Kit.instant_pen (EKTP_SIM_INSTANT_PEN)
+    assert json.loads(sim(k, "status", "--json").stdout)["devices"]["signature"]["instant"] is True
     p = k.agent_cli("sync", "--wait", "--timeout", "60")
     assert p.returncode == 0, p.stdout + p.stderr
     stored = {r["packet_id"] for r in k.central_packets()}

@@ -259,7 +259,7 @@ def test_filters_sort_and_region_links_work_in_the_browser(centre: Centre, brows
 
 def test_the_kiosk_page_plots_its_history(centre: Centre, browser: Any) -> None:
     kit = centre.kit
-    receipts = kit.enroll(1)  # a synthetic resident through the simulated devices takes ~3 s
+    receipts = kit.enroll(1)  # a synthetic resident through the simulated devices (Kit.instant_pen)
     p = kit.agent_cli("sync", "--wait", "--timeout", "60")
     assert p.returncode == 0, p.stdout + p.stderr
     browser.get(centre.url + "/")

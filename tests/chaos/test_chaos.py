@@ -107,6 +107,7 @@ def test_r1_sigkill_at_random_moments_loses_nothing(kit: tuple[Kit, Broker], tmp
     speed (the kill lands in commits and in the drain's writes). After every kill the outbox, as
     the next start finds it, passes an integrity check and nothing is quarantined."""
     k, _broker = kit
+    k.instant_pen = False  # the pen at its real pace: ENROLL_S is a real resident's enrollment
     rnd = random.Random(1)
     k.start_central()
     receipts: list[dict[str, Any]] = []

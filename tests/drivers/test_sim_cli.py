@@ -169,3 +169,38 @@ def test_ektp_sim_console_script(sim_dir: Path) -> None:
 def test_every_command_has_help_with_an_example(command: str, sim_dir: Path) -> None:
     result = _cli(sim_dir, command, "--help")
     assert result.returncode == 0 and "Example: ektp-sim --dir" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "instant"),
+    [((), {}, False), (("--instant-pen",), {}, True), ((), {"EKTP_SIM_INSTANT_PEN": "1"}, True)],
+    ids=["real-pace", "flag", "env"],
+)
+def test_run_instant_pen_by_flag_or_environment(
+    sim_dir: Path, args: tuple[str, ...], env: dict[str, str], instant: bool
+) -> None:
+    """`run --instant-pen` (or EKTP_SIM_INSTANT_PEN=1, which `ektp-agent run --simulate` hands
+    its simulator) makes the pad stream a signature at once; without either, the pen's pace."""
+    clean = {k: v for k, v in os.environ.items() if k != "EKTP_SIM_INSTANT_PEN"}
+    proc = subprocess.Popen(
+        [*_ektp_sim(), "--dir", str(sim_dir), "run", "--device", "signature", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, **env},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                doc = SimControl(sim_dir).status()
+                break
+            except SimNotRunning:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the simulator did not come up"
+                time.sleep(0.1)
+        assert doc["devices"]["signature"]["instant"] is instant
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
