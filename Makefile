@@ -128,6 +128,7 @@ bench: setup
 	$(PY) bench/store_commit.py
 	$(PY) bench/drain_reader.py
 	$(PY) bench/packet_overhead.py
+	$(PY) bench/record_size.py --sweep
 	$(PY) bench/drain.py --repeats 3
 	$(PY) bench/slow_link.py
 	$(PY) bench/parigi.py

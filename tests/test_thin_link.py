@@ -13,10 +13,10 @@ from tests.thinkit import ThinRun, ThinSettings
 
 pytestmark = pytest.mark.slow
 
-RATE_KBIT = 128.0
+RATE_KBIT = 56.0  # an up period of 10.5 s carries ~74 KB, less than one ~92 KB packet
 CUT_EVERY_S = 12.0
 DOWN_S = 1.5
-PACKETS = 3  # ~250 KB each: about 47 s of the link's rate for the three
+PACKETS = 3  # ~92 KB each (record version 2): about 40 s of the link's rate for the three
 DEADLINE_S = 150.0
 # Up periods of 10.5 s are shorter than the link's STABLE_SESSION_S (10 s) plus the reconnect, so
 # no session counts as stable and the backoff would climb towards reconnect_max_s (120 s): keep it
