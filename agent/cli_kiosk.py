@@ -160,10 +160,10 @@ def _offline_queue(config: AgentConfig) -> tuple[dict[str, Any], dict[str, Any]]
         queue = {"pending": 0, "pending_bytes": 0, "oldest_pending_age_s": None, "rejected": 0}
         return {**queue, "detail": "no outbox yet"}, no_rejected
     try:
-        from agent.service import queue_json, rejected_json
+        from agent.service import REFUSED_FILE, queue_json, read_refusal, rejected_json
 
         stats = outbox.stats()
-        doc = queue_json(stats)
+        doc = queue_json(stats, refused_at=read_refusal(config.kiosk.data_dir / REFUSED_FILE))
         doc["total"] = stats.total_committed
         return doc, rejected_json(outbox, stats.rejected)
     finally:

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import errno
+import json
 import logging
 import os
 import signal
@@ -88,6 +89,34 @@ def check_data_dir(data_dir: Path, config_file: Path | None) -> None:
         ) from exc
 
 
+REFUSED_FILE = "store-refused.json"  # in data_dir: the held bytes when the store last refused
+
+
+def note_refusal(path: Path, held: int) -> None:
+    """The store refused an enrollment with ``held`` bytes undelivered: kept on disk, so that a
+    restarted service and the stopped-service status say full as the running one did.
+
+    :raises OSError: the file cannot be written (the caller logs it)
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"held_bytes": held}))
+    os.replace(tmp, path)
+
+
+def read_refusal(path: Path) -> int | None:
+    """The held bytes of the last refusal noted in ``path``; None when none (or unreadable)."""
+    try:
+        held = json.loads(path.read_text())["held_bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return held if type(held) is int and held >= 0 else None
+
+
+def forget_refusal(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def queue_json(stats: OutboxStats, *, refused_at: int | None = None) -> dict[str, Any]:
     """The health document's ``queue``; ``refused_at``: the held bytes when the store last refused
     an enrollment (it stays full until something is freed, whatever the average packet says)."""
@@ -119,7 +148,9 @@ class Service:
         self.simulator: Simulator | None = None
         self.synthetic = SyntheticRecords()
         self._last_stats: OutboxStats | None = None
-        self._store_refused_at: int | None = None  # held bytes when the store last refused an enrollment
+        self._refused_file = config.kiosk.data_dir / REFUSED_FILE
+        # held bytes when the store last refused an enrollment (noted on disk: a restart keeps it)
+        self._store_refused_at: int | None = read_refusal(self._refused_file)
         self._clock_stretch = config.kiosk.data_dir / STRETCH_FILE
         self.outbox: Outbox | None = None
         self.devices: Devices | None = None
@@ -323,6 +354,8 @@ class Service:
         stats = self._last_stats = await self._db(outbox.stats)
         if self._store_refused_at is not None and stats.pending_bytes < self._store_refused_at:
             self._store_refused_at = None  # something was freed since
+            with contextlib.suppress(OSError):
+                forget_refusal(self._refused_file)
         reason = None
         if stats.rejected:
             rows = await self._db(lambda: outbox.rejected(1))
@@ -445,6 +478,12 @@ class Service:
                 except StoreFull as exc:
                     if not isinstance(exc, DiskFull):
                         self._store_refused_at = exc.used_bytes
+                        try:
+                            note_refusal(self._refused_file, exc.used_bytes)
+                        except OSError as note_exc:
+                            log.warning(
+                                "could not note the store's refusal in %s: %s", self._refused_file, note_exc
+                            )
                     self._health_changed()
                     raise ApiError(str(exc), "store-full") from exc
                 except OutboxError as exc:

@@ -432,7 +432,6 @@ def run_cmd(ctx: Context) -> None:
 # ``kiosk_group``; imported last, once those exist (tests/test_cli_imports.py).
 from central import cli_commands as _remote_commands  # noqa: E402, F401
 from central import cli_config as _config_commands  # noqa: E402, F401
-from central import cli_export as _export_commands  # noqa: E402, F401
 from central import cli_fleet as _fleet_commands  # noqa: E402, F401
 from central import cli_keys as _key_commands  # noqa: E402, F401
 from central import cli_web as _web_commands  # noqa: E402, F401

@@ -1,6 +1,6 @@
 """Export stored enrollments as ISO/IEC 19794 files an identification system imports.
 
-``ektp-central packets export --format iso19794 --to DIR`` (central/cli_export.py) opens each
+``ektp-central packets export --format iso19794 --to DIR`` (central/cli_fleet.py) opens each
 chosen packet with the centre's key (which also verifies the kiosk's signature), reads its
 record (version 2, or version 1 of older kiosks) and writes, per enrollment::
 

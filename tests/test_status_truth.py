@@ -88,13 +88,13 @@ def enroll_direct(k: Kit, seed: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kit, Broker]]:
-    """A kiosk without a centre, its store bound at ~4 packets, on a broker with an ACL file."""
+    """A kiosk without a centre, its store bound at ~10 packets, on a broker with an ACL file."""
     root = tmp_path_factory.mktemp("status-lone")
     acl = root / "ektp.acl"
     acl.write_text(OPEN_ACL)
     broker = Broker(root / "broker", extra_config=f"acl_file {acl}\n")
     broker.start()
-    k = Kit(root / "kit", broker.port, extra_agent="[store]\nmax_bytes = 1000000\n")
+    k = Kit(root / "kit", broker.port, extra_agent="[store]\nmax_bytes = 1000000\n")  # ~10 packets of ~92 KB
     try:
         k.setup_keys()
         start_simulator(k)
@@ -170,7 +170,7 @@ def test_a_broker_that_refuses_the_enrollments_is_a_problem(lone: tuple[Kit, Bro
 def test_near_full_is_shown_before_full_and_full_is_a_problem(lone: tuple[Kit, Broker]) -> None:
     k, _broker = lone
     seen: list[tuple[int, list[str], list[str]]] = []
-    for seed in range(2, 12):
+    for seed in range(2, 20):
         try:
             enroll_direct(k, seed)
         except ApiError as exc:

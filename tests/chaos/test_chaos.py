@@ -153,14 +153,15 @@ def test_r1_sigkill_at_random_moments_loses_nothing(kit: tuple[Kit, Broker], tmp
 
 def test_r4_store_bound_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
-    k = Kit(tmp_path / "kit", broker.port, extra_agent="[store]\nmax_bytes = 1000000\n")  # ~4 packets
+    # the least store the config allows: ~10 packets of ~92 KB
+    k = Kit(tmp_path / "kit", broker.port, extra_agent="[store]\nmax_bytes = 1000000\n")
     try:
         k.setup_keys()
         k.start_agent()  # the broker is down: nothing drains
-        loader = enroll_direct(k, 10, seed=1)
+        loader = enroll_direct(k, 20, seed=1)
         receipts = collect(loader)
         assert loader.returncode != 0
-        assert 2 <= len(receipts) < 10
+        assert 2 <= len(receipts) < 20
         p = k.agent_cli("enroll", "--synthetic")
         assert p.returncode == 1
         assert "store.max_bytes" in p.stderr or "full" in p.stderr, p.stderr
@@ -222,6 +223,7 @@ def test_r8_corrupt_outbox_is_quarantined_salvaged_and_reported(tmp_path: Path) 
                 f.write(random.Random(offset).randbytes(4096))
         after = readable_bodies(db, tmp_path / "after")
         intact = {seq for seq, data in after.items() if before[seq] == data}
+        altered = {seq for seq, data in after.items() if before[seq] != data}  # read back, but changed
         assert len(intact) >= 30, f"the damage reached {40 - len(intact)} packets: the test proves little"
         k.start_agent()
         doc = k.status()
@@ -231,21 +233,41 @@ def test_r8_corrupt_outbox_is_quarantined_salvaged_and_reported(tmp_path: Path) 
         assert k.agent_cli("status").returncode == 1  # the technician is told
         salvaged = json.loads(k.agent_cli("queue", "--json").stdout)
         by_seq = {int(str(r["seq"])): r for r in receipts}
-        assert {int(r["seq"]) for r in salvaged} == intact, "an intact packet was not salvaged"
+        sound = {int(r["seq"]) for r in salvaged if r["state"] != "damaged"}
+        damaged = {int(r["seq"]) for r in salvaged if r["state"] == "damaged"}
+        assert sound == intact, "an intact packet was not salvaged, or a damaged one passed for sound"
+        # a body SQLite still reads but the scribble changed is kept as damaged: for export, never sent
+        assert damaged == altered, f"damaged {damaged}, altered {altered}"
         assert all(r["packet_id"] == by_seq[int(r["seq"])]["packet_id"] for r in salvaged)
         broker.start()
         k.start_central()
-        synced(k, 60)
+        if damaged:  # the sound ones drain; sync --wait then names what it will never send (exit 1)
+            p = k.agent_cli("sync", "--wait", "--timeout", "60", timeout=90)
+            assert p.returncode == 1 and "damaged" in p.stderr and "--include-damaged" in p.stderr, p.stderr
+            assert k.status()["queue"]["pending"] == 0
+        else:
+            synced(k, 60)
         stored = {r["packet_id"] for r in k.central_packets()}
-        assert stored == {r["packet_id"] for r in salvaged}
-        print(f"R8 committed=40 intact={len(intact)} salvaged={len(salvaged)} quarantined=1")
+        assert stored == {r["packet_id"] for r in salvaged if r["state"] != "damaged"}
+        print(
+            f"R8 committed=40 intact={len(intact)} damaged={len(damaged)} salvaged={len(salvaged)} quarantined=1"
+        )
     finally:
         k.close()
         broker.stop()
 
 
 KEY_RE = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+# image and interchange record signatures: JPEG, PNG, JPEG 2000 (JP2), ISO/IEC 19794 -4/-5/-6/-7
+MAGIC = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"jP  \r\n\x87\n",
+    b"FIR\x00010",
+    b"FAC\x00010",
+    b"IIR\x00010",
+    b"SDI\x00 10",
+)
 
 
 def cli(k: Kit, tool: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
