@@ -22,6 +22,7 @@ record's ``capture`` block.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -73,6 +74,7 @@ class CaptureMetadata:
 
     # per finger position: (earlier position, the module's match score) for every finger taken before it
     finger_scores: dict[int, tuple[tuple[int, int], ...]]
+    iris_serial: str = ""  # the iris camera's serial: the iris record's device identifier
 
     def highest_finger_score(self) -> tuple[int, int, int] | None:
         """(score, position, earlier position) of the closest pair of fingers, None when fewer than two."""
@@ -80,12 +82,15 @@ class CaptureMetadata:
         return max(pairs) if pairs else None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "finger_scores": {
                 str(p): [{"against": e, "score": s} for e, s in scores]
                 for p, scores in sorted(self.finger_scores.items())
             }
         }
+        if self.iris_serial:
+            doc["devices"] = {"iris": {"serial": self.iris_serial}}
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +154,9 @@ async def capture_enrollment_with_metadata(
             closest[2],
             closest[0],
         )
-    right = await _step(devices, "iris", lambda d: _iris(d, 0))
-    left = await _step(devices, "iris", lambda d: _iris(d, 1))
+    right, serial = await _step(devices, "iris", lambda d: _iris(d, 0))
+    left, _ = await _step(devices, "iris", lambda d: _iris(d, 1))
+    metadata = dataclasses.replace(metadata, iris_serial=serial)
     signature = await _step(devices, "signature", _signature)
     record = EnrollmentRecord(
         nik=applicant.nik,
@@ -208,7 +214,7 @@ def _finger(
     return (finger, shot.template, shot.scores), CaptureReport(shot.quality, scanner.min_quality, slow)
 
 
-def _iris(driver: Peripheral, eye: int) -> tuple[IrisImage, CaptureReport]:
+def _iris(driver: Peripheral, eye: int) -> tuple[tuple[IrisImage, str], CaptureReport]:
     camera = cast(IrisCamera, driver)
     shot = camera.capture_iris(eye)
     image = IrisImage(
@@ -218,7 +224,7 @@ def _iris(driver: Peripheral, eye: int) -> tuple[IrisImage, CaptureReport]:
         _percent(shot.quality),
     )
     slow = _slow(shot.slowest_answer_s, iris_device.SLOW_ANSWER_S, "slow answers")
-    return image, CaptureReport(shot.quality, camera.min_quality, slow)
+    return (image, shot.serial), CaptureReport(shot.quality, camera.min_quality, slow)
 
 
 def _signature(driver: Peripheral) -> tuple[Signature, CaptureReport]:

@@ -220,7 +220,16 @@ def read_face_record(data: bytes) -> ImageView:
 # --- 19794-6: iris image (rectilinear) ------------------------------------------------------
 
 
-def iris_record(right: ImageView, left: ImageView) -> bytes:
+def iris_device_id(serial: str | None) -> bytes:
+    """19794-6's 16-byte device unique identifier: "D" and the camera's serial number (its first
+    15 printable ASCII characters, NUL-padded), or ASCII zeros when there is none."""
+    text = (serial or "").strip()
+    if not text or not text.isascii() or not text.isprintable():
+        return DEVICE_ID_NONE
+    return (b"D" + text[:15].encode("ascii")).ljust(16, b"\x00")
+
+
+def iris_record(right: ImageView, left: ImageView, *, device_id: bytes = DEVICE_ID_NONE) -> bytes:
     """An Iris Image Record of both eyes, one image each, both of one size and codec.
 
     :raises InterchangeError: the eyes differ in size or codec, or the codec has no 19794-6 format
@@ -245,7 +254,7 @@ def iris_record(right: ImageView, left: ImageView) -> bytes:
         IIR_MAGIC + VERSION_010
         + struct.pack(">IHBHHHHHHBB", length, 0, 2, IIR_HEADER, IRIS_PROPERTIES, 0,
                       _IRIS_CODEC[infos[0].codec], right.width, right.height, 8, 0)
-        + DEVICE_ID_NONE
+        + device_id
     )  # fmt: skip
     return header + b"".join(subtypes)
 

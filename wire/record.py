@@ -355,11 +355,20 @@ class EnrollmentRecord:
             out = {"face": iso19794.face_record(face, sex=self.demographics.sex.value)}
             if views:
                 out["finger"] = iso19794.finger_record(views)
-            out["iris"] = iso19794.iris_record(right, left)
+            out["iris"] = iso19794.iris_record(
+                right, left, device_id=iso19794.iris_device_id(self._iris_serial())
+            )
             out["signature"] = iso19794.signature_record(self.signature.strokes)
         except InterchangeError as exc:
             raise InvalidRecord(exc.field, exc.problem) from None
         return out
+
+    def _iris_serial(self) -> str | None:
+        """The iris camera's serial from the capture block (``devices.iris.serial``), if any."""
+        devices = (self.capture or {}).get("devices")
+        iris = devices.get("iris") if isinstance(devices, Mapping) else None
+        serial = iris.get("serial") if isinstance(iris, Mapping) else None
+        return serial if isinstance(serial, str) else None
 
     def _interchange_blobs(self) -> list[bytes]:
         # The blob table of version 2 (docs/protocol.md, "Record version 2").

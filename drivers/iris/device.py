@@ -73,6 +73,7 @@ class IrisCapture:
     quality: float  # 0..1 as the camera scored it
     attempts: int
     slowest_answer_s: float = 0.0  # the slowest request/reply exchange of the capture
+    serial: str = ""  # the camera's serial number (GET_INFO), for the record's device identifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +350,7 @@ class IrisCamera:
             status.quality / 100,
             attempt,
             link.slowest_round_trip_s,
+            info.serial,
         )
 
     def _start(self, link: BulkLink, start: StartCapture) -> None:

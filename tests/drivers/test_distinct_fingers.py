@@ -28,6 +28,7 @@ from hw_sim.camera import SimCameraBackend
 from hw_sim.residents import Resident, synthetic_resident
 from hw_sim.server import SimServer
 from hw_sim.usb_backend import SimUsbBackend
+from tests.iso19794_validator import validate_fac, validate_fir, validate_iir, validate_sdi
 from wire.record import Demographics, EnrollmentRecord
 
 
@@ -102,6 +103,17 @@ def test_ten_distinct_fingers_are_enrolled_with_their_scores(sim: SimServer, dev
     # the scores travel in the record (inside the packet's encryption) and survive its encoding
     assert record.capture == metadata.to_json()
     assert EnrollmentRecord.from_bytes(record.to_bytes()).capture == metadata.to_json()
+    # the capture path's record, read by the independent validator: the iris record names the
+    # camera by its serial (GET_INFO), the fingers are JPEG 2000, every part conforms
+    parts = record.interchange_records()
+    assert metadata.iris_serial and metadata.to_json()["devices"] == {
+        "iris": {"serial": metadata.iris_serial}
+    }
+    iir = validate_iir(parts["iris"])
+    assert iir.device_unique_id == (b"D" + metadata.iris_serial.encode()[:15]).ljust(16, b"\x00")
+    assert validate_fir(parts["finger"]).compression == 4 and len(validate_fir(parts["finger"]).views) == 10
+    assert validate_fac(parts["face"]).images[0].quality == record.face.quality
+    assert validate_sdi(parts["signature"]).sample_count >= 1
 
 
 def test_a_repeated_finger_is_refused_and_the_device_stays_healthy(sim: SimServer, devices: Devices) -> None:
