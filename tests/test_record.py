@@ -127,6 +127,9 @@ def test_png_must_be_8bit_grayscale() -> None:
     buf = io.BytesIO()
     Image.new("1", (4, 4)).save(buf, format="PNG")
     _raises("signature.png", Signature, [[(1, 1, 1)]], buf.getvalue(), 4, 4)
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, format="PNG")  # 8-bit, but a palette: not grayscale
+    _raises("signature.png", Signature, [[(1, 1, 1)]], buf.getvalue(), 4, 4)
 
 
 def test_face_must_be_a_jpeg_of_the_declared_size() -> None:

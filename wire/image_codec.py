@@ -77,7 +77,7 @@ def _png_info(blob: bytes) -> ImageInfo:
     if len(blob) < 33 or blob[8:16] != b"\x00\x00\x00\x0dIHDR":
         raise BadImage("PNG without its IHDR chunk")
     width, height, depth, colour = struct.unpack_from(">IIBB", blob, 16)
-    components = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    components = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour)  # a palette (3) is colour, not grayscale
     if components is None:
         raise BadImage(f"PNG of unknown colour type {colour}")
     return ImageInfo(Codec.PNG, width, height, components, depth)
