@@ -498,8 +498,8 @@ FACE_CODECS = frozenset({Codec.JPEG, Codec.JPEG2000})
 def _check_image(
     field: str, blob: object, width: int, height: int, codecs: frozenset[Codec] | set[Codec], *, gray: bool
 ) -> None:
-    """The image's headers (nothing is decoded): a codec of ``codecs``, 8 bits, the declared size,
-    one component when ``gray``."""
+    """The image's headers (nothing is decoded): a codec of ``codecs`` and the declared size; when
+    ``gray``, one component of 8 bits."""
     data = _check_blob(field, blob)
     try:
         info = image_info(data)
