@@ -177,7 +177,10 @@ def _prepare(directory: Path) -> Path:
 
 
 def _load_manifest(root: Path) -> dict[str, dict[str, Any]]:
-    """The entries of an earlier export into the same directory (an unreadable one is replaced)."""
+    """The entries of an earlier export into the same directory (an unreadable one, or a symlink
+    in its place, is replaced)."""
+    if (root / MANIFEST).is_symlink():
+        return {}
     try:
         doc = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
