@@ -1,11 +1,15 @@
 """A test-side centre for remote commands: signs commands (wire.command.sign_command), publishes
 them QoS 1 on the kiosk's cmd topic of a real broker, and reads the kiosk's signed results
-(verified with the kiosk's public key) from its result topic."""
+(verified with the kiosk's public key) from its result topic. Also the kit steps both remote
+command suites take: start the agent until its command connection is up, stop it, drive the
+simulator."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -15,9 +19,35 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.agentkit import Kit, script
+from tests.linkkit import wait_for
 from wire.command import Command, CommandResult, sign_command, verify_result
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def start_with_remote(k: Kit) -> None:
+    """Start the kit's agent and wait until its remote commands' connection is up."""
+    k.start_agent()
+    wait_for(lambda: k.status()["remote"]["link"]["connected"], 15, "the remote commands' connection")
+
+
+def stop_agent(k: Kit) -> None:
+    """SIGTERM the kit's agent; it must exit 0 within 30 s."""
+    assert k.agent is not None
+    k.agent.send_signal(signal.SIGTERM)
+    assert k.agent.wait(30) == 0, k.log("agent")[-2000:]
+
+
+def sim(k: Kit, *args: str) -> None:
+    """`ektp-sim --dir DATA/sim ARGS` (a fault, a resident at the desk); it must succeed."""
+    p = subprocess.run(
+        [script("ektp-sim"), "--dir", str(k.data_dir / "sim"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 0, p.stderr
 
 
 class CommandSender:

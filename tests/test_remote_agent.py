@@ -15,9 +15,7 @@ import json
 import logging
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,10 +31,11 @@ from agent.log_buffer import LogBuffer, redact
 from agent.outbox import Outbox
 from agent.remote_store import AUDIT_ROWS, RemoteStore, read_audit
 from hw_sim.residents import synthetic_resident
-from tests.agentkit import Kit, script
-from tests.linkkit import wait_for
+from tests.agentkit import Kit
 from tests.netkit import Broker
-from tests.remotekit import NIL_ID, CommandSender
+from tests.remotekit import NIL_ID, CommandSender, sim
+from tests.remotekit import start_with_remote as start
+from tests.remotekit import stop_agent as stop
 from wire.command import VERBS, sign_command
 from wire.keys import load_central_private, load_kiosk_private, load_kiosk_public
 
@@ -59,27 +58,6 @@ def centre(kit: tuple[Kit, Broker]) -> Iterator[CommandSender]:
         assert not sender.bad_results, (
             f"results that do not verify with the kiosk's key: {sender.bad_results}"
         )
-
-
-def start(k: Kit) -> None:
-    k.start_agent()
-    wait_for(lambda: k.status()["remote"]["link"]["connected"], 10, "the remote commands' connection")
-
-
-def stop(k: Kit) -> None:
-    assert k.agent is not None
-    k.agent.send_signal(signal.SIGTERM)
-    assert k.agent.wait(30) == 0, k.log("agent")[-2000:]
-
-
-def sim(k: Kit, *args: str) -> None:
-    p = subprocess.run(
-        [script("ektp-sim"), "--dir", str(k.data_dir / "sim"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert p.returncode == 0, p.stderr
 
 
 def overrides(k: Kit) -> dict[str, Any]:

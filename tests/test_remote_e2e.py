@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import json
 import re
-import signal
 import sqlite3
 import subprocess
 import threading
@@ -38,10 +37,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hw_sim.residents import synthetic_resident
-from tests.agentkit import Kit, script
+from tests.agentkit import Kit
 from tests.dockit import REPO, Session
 from tests.linkkit import wait_for
 from tests.netkit import Broker, free_port
+from tests.remotekit import sim, stop_agent
+from tests.remotekit import start_with_remote as start_agent
 from wire.command import sign_command
 from wire.keys import load_central_private, load_kiosk_private
 
@@ -64,27 +65,6 @@ def cmd_log(k: Kit) -> list[dict[str, Any]]:
     assert p.returncode == 0, p.stderr
     rows: list[dict[str, Any]] = json.loads(p.stdout)
     return rows
-
-
-def start_agent(k: Kit) -> None:
-    k.start_agent()
-    wait_for(lambda: k.status()["remote"]["link"]["connected"], 15, "the remote commands' connection")
-
-
-def stop_agent(k: Kit) -> None:
-    assert k.agent is not None
-    k.agent.send_signal(signal.SIGTERM)
-    assert k.agent.wait(30) == 0, k.log("agent")[-2000:]
-
-
-def sim(k: Kit, *args: str) -> None:
-    p = subprocess.run(
-        [script("ektp-sim"), "--dir", str(k.data_dir / "sim"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert p.returncode == 0, p.stderr
 
 
 def wait_consuming(k: Kit) -> None:
