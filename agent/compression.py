@@ -13,15 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from wire.image_codec import (
-    FINGER_J2K_RATIO,
-    IRIS_J2K_RATIO,
-    Codec,
-    face_jpeg,
-    gray_jp2,
-    gray_pixels,
-    image_info,
-)
+from wire.image_codec import FINGER_J2K_RATIO, IRIS_J2K_RATIO, Codec, as_gray_jp2, face_jpeg, image_info
 from wire.record import EnrollmentRecord, FaceImage, Fingerprint, IrisImage
 
 
@@ -38,17 +30,13 @@ def compress_record(record: EnrollmentRecord) -> EnrollmentRecord:
 
 
 def _finger(finger: Fingerprint) -> Fingerprint:
-    if finger.image is None or image_info(finger.image).codec is Codec.JPEG2000:
+    if finger.image is None:
         return finger
-    pixels, width, height = gray_pixels(finger.image)
-    return dataclasses.replace(finger, image=gray_jp2(pixels, width, height, ratio=FINGER_J2K_RATIO))
+    return dataclasses.replace(finger, image=as_gray_jp2(finger.image, ratio=FINGER_J2K_RATIO))
 
 
 def _iris(iris: IrisImage) -> IrisImage:
-    if image_info(iris.image).codec is Codec.JPEG2000:
-        return iris
-    pixels, width, height = gray_pixels(iris.image)
-    return dataclasses.replace(iris, image=gray_jp2(pixels, width, height, ratio=IRIS_J2K_RATIO))
+    return dataclasses.replace(iris, image=as_gray_jp2(iris.image, ratio=IRIS_J2K_RATIO))
 
 
 def _face(face: FaceImage) -> FaceImage:

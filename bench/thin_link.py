@@ -36,7 +36,6 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -54,7 +53,7 @@ from agent.config import AgentConfig
 from agent.synthetic import SyntheticRecords, record_from_resident
 from hw_sim.residents import synthetic_resident
 from tests.netkit import mosquitto_binary
-from tests.record_v1 import record_v1_bytes
+from tests.record_v1 import as_version_1
 from tests.thinkit import ThinRun, ThinSettings
 from wire.packet import seal
 from wire.record import EnrollmentRecord
@@ -131,15 +130,6 @@ def _key_value(item: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-class _RecordV1(EnrollmentRecord):
-    """A record whose packet body is the version 1 layout (its images as version 1 sent them)."""
-
-    __slots__ = ()
-
-    def to_bytes(self) -> bytes:
-        return record_v1_bytes(self)
-
-
 class _SyntheticRecordsV1(SyntheticRecords):
     """``agent.synthetic.SyntheticRecords`` with uncompressed images sealed as record version 1."""
 
@@ -147,8 +137,7 @@ class _SyntheticRecordsV1(SyntheticRecords):
         slot = seed % self.pool_size
         if slot not in self._pool:
             plain = record_from_resident(synthetic_resident(slot + 1_000_000), compressed=False)
-            fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)}
-            self._pool[slot] = _RecordV1(**fields)
+            self._pool[slot] = as_version_1(plain)
         return super().record(seed)
 
 

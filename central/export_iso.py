@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wire.image_codec import Codec, gray_jp2, gray_pixels, image_info
+from wire.image_codec import as_gray_jp2
 from wire.packet import PacketError
-from wire.record import EnrollmentRecord, InvalidRecord, IrisImage
+from wire.record import EnrollmentRecord, InvalidRecord
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ektp-iso19794-export/1"
@@ -75,20 +75,20 @@ Opener = Callable[[str, str], tuple[Any, EnrollmentRecord]]  # (kiosk, packet_id
 
 def interchange_files(record: EnrollmentRecord) -> dict[str, bytes]:
     """The files of one enrollment, by name. :raises InvalidRecord: the record cannot be expressed"""
+    # a version 1 PNG iris becomes lossless JPEG 2000 (the same pixels); JPEG 2000 ones stay as they are
     exportable = dataclasses.replace(
-        record, right_iris=_jp2_iris(record.right_iris), left_iris=_jp2_iris(record.left_iris)
+        record,
+        right_iris=dataclasses.replace(
+            record.right_iris, image=as_gray_jp2(record.right_iris.image, ratio=None)
+        ),
+        left_iris=dataclasses.replace(
+            record.left_iris, image=as_gray_jp2(record.left_iris.image, ratio=None)
+        ),
     )
     parts = exportable.interchange_records()
     out = {FILES[part][0]: data for part, data in parts.items()}
     out[SIGNATURE_PNG] = record.signature.png
     return out
-
-
-def _jp2_iris(iris: IrisImage) -> IrisImage:
-    if image_info(iris.image).codec is Codec.JPEG2000:
-        return iris
-    pixels, width, height = gray_pixels(iris.image)  # a version 1 PNG: lossless JPEG 2000, same pixels
-    return dataclasses.replace(iris, image=gray_jp2(pixels, width, height, ratio=None))
 
 
 def export_packets(

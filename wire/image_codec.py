@@ -152,6 +152,17 @@ def gray_jp2(pixels: bytes, width: int, height: int, *, ratio: float | None) -> 
     return buf.getvalue()
 
 
+def as_gray_jp2(blob: bytes, *, ratio: float | None) -> bytes:
+    """A grayscale image as JP2 (``gray_jp2``'s ``ratio``); one already JPEG 2000 is kept as it is.
+
+    :raises BadImage: it does not decode
+    """
+    if image_info(blob).codec is Codec.JPEG2000:
+        return blob
+    pixels, width, height = gray_pixels(blob)
+    return gray_jp2(pixels, width, height, ratio=ratio)
+
+
 def face_jpeg(blob: bytes, *, quality: int = FACE_JPEG_QUALITY) -> bytes:
     """The face re-encoded as a baseline JPEG at ``quality`` (kept as it is when that is no smaller)."""
     with _open(blob) as image:

@@ -83,6 +83,10 @@ _FINGER_CODEC = {Codec.PNG: FingerCompression.PNG, Codec.JPEG2000: FingerCompres
                  Codec.JPEG: FingerCompression.JPEG}  # fmt: skip
 _IRIS_CODEC = {Codec.JPEG2000: IrisFormat.MONO_JPEG2000, Codec.JPEG: IrisFormat.MONO_JPEG}
 _FACE_CODEC = {Codec.JPEG: FACE_DATA_JPEG, Codec.JPEG2000: FACE_DATA_JPEG2000}
+# the readers' way back: a record's code -> the codec
+_CODEC_OF_FINGER = {int(code): codec for codec, code in _FINGER_CODEC.items()}
+_CODEC_OF_IRIS = {int(code): codec for codec, code in _IRIS_CODEC.items()}
+_CODEC_OF_FACE = {code: codec for codec, code in _FACE_CODEC.items()}
 
 
 class InterchangeError(ValueError):
@@ -156,16 +160,12 @@ def read_finger_record(data: bytes) -> list[ImageView]:
         if not 1 <= position <= 10:
             raise InterchangeError(f"{field}.position", f"{position} is not a finger (1..10)")
         image = data[pos + FIR_VIEW_HEADER : pos + block]
-        _matches(field, image, width, height, _codec_of(FingerCompression(compression)))
+        _matches(field, image, width, height, _CODEC_OF_FINGER.get(compression))
         views.append(ImageView(position, quality, width, height, image))
         pos += block
     if pos != len(data):
         raise InterchangeError("fir", f"{len(data) - pos} bytes after the {count} fingers")
     return views
-
-
-def _codec_of(compression: FingerCompression) -> Codec | None:
-    return {v: k for k, v in _FINGER_CODEC.items()}.get(compression)
 
 
 # --- 19794-5: face image ----------------------------------------------------------------------
@@ -207,7 +207,7 @@ def read_face_record(data: bytes) -> ImageView:
     if pos + FAC_IMAGE_INFO > len(data):
         raise InterchangeError("fac.face[0].feature_points", f"{points} points run past the record")
     _, data_type, width, height, _, _, _, quality = struct.unpack_from(">BBHHBBHH", data, pos)
-    codec = {v: k for k, v in _FACE_CODEC.items()}.get(data_type)
+    codec = _CODEC_OF_FACE.get(data_type)
     if codec is None:
         raise InterchangeError("fac.face[0].data_type", f"unknown code {data_type}")
     if quality > 100:
@@ -268,7 +268,7 @@ def read_iris_record(data: bytes) -> tuple[ImageView, ImageView]:
     _length("iir", length, len(data))
     if header_len != IIR_HEADER:
         raise InterchangeError("iir.header_length", f"{header_len}, the 2005 header is {IIR_HEADER}")
-    codec = {int(v): k for k, v in _IRIS_CODEC.items()}.get(image_format)
+    codec = _CODEC_OF_IRIS.get(image_format)
     if codec is None:
         raise InterchangeError("iir.image_format", f"code {image_format} is not one this kit reads")
     eyes: dict[int, ImageView] = {}
