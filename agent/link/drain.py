@@ -235,7 +235,11 @@ class Link:
         with contextlib.suppress(Exception):
             client.disconnect()
         await asyncio.to_thread(client.loop_stop)
-        while not self._events.empty():  # late events of the old client (they hold it alive)
+        # paho's thread hands events over with call_soon_threadsafe: those it scheduled before it
+        # stopped run at the next turn of the loop, so yield once before dropping the late events
+        # of the old client (each holds it, and its socket pair, alive)
+        await asyncio.sleep(0)
+        while not self._events.empty():
             self._events.get_nowait()
         self.stats.connected = False
         self.stats.connected_since = None
